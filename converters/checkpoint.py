@@ -1,0 +1,147 @@
+"""Reading and writing BSViT checkpoints safely.
+
+Checkpoints are plain dicts of tensors, strings and numbers, loaded with
+``torch.load(..., weights_only=True)``: a pickle that would construct objects or run code is
+refused by torch before anything in it executes. Everything else a hostile or broken file can
+do (wrong types, missing or misshaped tensors, NaN, zero variance, layers we cannot map to
+integers) is checked here and reported as a ConversionError naming the tensor or layer.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Dict
+
+import torch
+
+from bsvit_int.config import BSViTConfig
+from bsvit_int.errors import ConversionError
+
+# Module types the integer contract can express, by the name `BSViT.save` records.
+SUPPORTED_MODULES = {
+    "PatchEmbed", "Conv2d", "BatchNorm1d", "Identity", "Neuron", "ModuleList", "Block",
+    "DBSSA", "Projection", "Linear", "MLP",
+}
+
+# Why the usual ViT layers have no integer-only form here.
+UNSUPPORTED_WHY = {
+    "LayerNorm": "it normalises every token by its own run-time statistics, which needs "
+                 "division and square roots at inference; use BatchNorm, which folds into "
+                 "the weights",
+    "GroupNorm": "it needs run-time statistics; use BatchNorm",
+    "GELU": "a smooth activation has no addition-only form; spikes come from the neurons",
+    "ReLU": "activations between layers must be spiking neurons",
+    "SiLU": "activations between layers must be spiking neurons",
+    "Softmax": "softmax needs exponentials and division; DBSSA attention uses none",
+    "MultiheadAttention": "dense float attention; use DBSSA (binary Q, burst K, signed V)",
+    "Dropout": "not an inference op; remove it (or save in eval form)",
+}
+
+
+def atomic_torch_save(obj, path) -> None:
+    """torch.save to a temporary file beside `path`, fsync, then rename over it."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def load_checkpoint(path) -> dict:
+    """Load and check the outer structure of a checkpoint written by BSViT.save."""
+    path = os.fspath(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise ConversionError(f"{path}: is a directory, not a checkpoint") from None
+    except Exception as e:   # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(
+            f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {first[:200]}). "
+            "Checkpoints must be plain dicts of tensors saved by BSViT.save; pickled "
+            "objects are refused and never executed") from None
+    if not isinstance(obj, dict):
+        raise ConversionError(f"{path}: checkpoint is a {type(obj).__name__}, expected the dict "
+                              "written by BSViT.save")
+    if "state_dict" not in obj or "config" not in obj:
+        missing = [k for k in ("config", "state_dict") if k not in obj]
+        raise ConversionError(f"{path}: checkpoint has no {' or '.join(missing)} "
+                              f"(keys: {sorted(map(str, obj))[:10]})")
+    if obj.get("format", CHECKPOINT_FORMAT_DEFAULT) != CHECKPOINT_FORMAT_DEFAULT:
+        raise ConversionError(f"{path}: checkpoint format {obj.get('format')!r} is not "
+                              f"{CHECKPOINT_FORMAT_DEFAULT!r}")
+    if not isinstance(obj["state_dict"], dict):
+        raise ConversionError(f"{path}: state_dict is a {type(obj['state_dict']).__name__}")
+    return obj
+
+
+CHECKPOINT_FORMAT_DEFAULT = "bsvit-checkpoint"
+
+
+def check_config(ckpt: dict) -> BSViTConfig:
+    try:
+        return BSViTConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"config: {e}") from None
+
+
+def check_modules(ckpt: dict) -> None:
+    """Refuse layers the integer contract cannot express, naming each one and why."""
+    modules = ckpt.get("modules")
+    if modules is None:
+        return
+    if not isinstance(modules, dict):
+        raise ConversionError("modules: expected a dict of layer name -> type name")
+    for name, kind in modules.items():
+        if kind in SUPPORTED_MODULES:
+            continue
+        why = UNSUPPORTED_WHY.get(kind, "bsvit-int has no integer-only form for it")
+        raise ConversionError(f"layer '{name}' ({kind}) is not supported: {why}")
+
+
+def check_state_dict(state: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor]) -> None:
+    """Compare a checkpoint's tensors with what the config implies; name every problem."""
+    for key in state:
+        if key not in expected:
+            if "cls_token" in key:
+                raise ConversionError(
+                    f"tensor '{key}': a class token is not supported: BSViT classifies from "
+                    "the mean of all tokens' spikes, so there is no token to attend from")
+            raise ConversionError(f"tensor '{key}' does not belong to a BSViT with this config "
+                                  "(an unknown layer, or a config that does not match)")
+    for key, ref in expected.items():
+        if key not in state:
+            if key.endswith((".running_mean", ".running_var")):
+                layer = key.rsplit(".", 1)[0]
+                raise ConversionError(
+                    f"layer '{layer}': BatchNorm running statistics '{key}' are missing (a "
+                    "LayerNorm in its place? only BatchNorm folds into integer weights)")
+            raise ConversionError(f"tensor '{key}' is missing from the checkpoint")
+        t = state[key]
+        if not isinstance(t, torch.Tensor):
+            raise ConversionError(f"tensor '{key}' is a {type(t).__name__}, not a tensor")
+        if tuple(t.shape) != tuple(ref.shape):
+            raise ConversionError(f"tensor '{key}' has shape {list(t.shape)}, expected "
+                                  f"{list(ref.shape)} for this config")
+        if torch.is_floating_point(t) and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise ConversionError(f"tensor '{key}' has {bad} NaN or infinite value(s)")
+        if key.endswith(".running_var") and (t <= 0).any():
+            raise ConversionError(f"tensor '{key}' has a variance <= 0 (a channel that never "
+                                  "varied in training); the BatchNorm cannot be folded")
+        if key.endswith("embed.std") and (t <= 0).any():
+            raise ConversionError(f"tensor '{key}': input std must be > 0")
+        if key.endswith("neuron.threshold") and (t <= 0).any():
+            raise ConversionError(f"tensor '{key}': thresholds must be > 0")
