@@ -7,7 +7,7 @@ from bsvit_int.config import BSViTConfig
 from bsvit_int.errors import ConversionError
 
 from .model import BSViT
-from .quantize import integer_faithful, quantize, snap
+from .quantizer import integer_faithful, quantize, snap
 
 __all__ = ["BSViT", "BSViTConfig", "ConversionError", "convert", "integer_faithful",
            "quantize", "snap"]

@@ -67,7 +67,10 @@ def load_checkpoint(path) -> dict:
     except IsADirectoryError:
         raise ConversionError(f"{path}: is a directory, not a checkpoint") from None
     except Exception as e:   # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        # torch's weights-only refusal names the offending global on one of its lines.
+        useful = [ln for ln in lines if "Unsupported global" in ln or "WeightsUnpickler" in ln]
+        first = (useful or lines or [type(e).__name__])[0]
         raise ConversionError(
             f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {first[:200]}). "
             "Checkpoints must be plain dicts of tensors saved by BSViT.save; pickled "

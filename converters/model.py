@@ -319,13 +319,19 @@ class BSViT(nn.Module):
 
     def integer_faithful(self) -> "BSViT":
         """This model quantized exactly as bsvit-convert does, computing in int64."""
-        from .quantize import integer_faithful
+        from .quantizer import integer_faithful
         return integer_faithful(self)
 
     # -- checkpoints ----------------------------------------------------------------------
-    def save(self, path) -> None:
-        """Write {format, version, config, modules, state_dict}; loads with weights_only=True."""
+    def save(self, path, training: Optional[dict] = None) -> None:
+        """Write {format, version, config, modules, state_dict, training}.
+
+        Loads with torch.load(weights_only=True). `training` is plain data describing how
+        the model was made (data set and split, recipe, validation accuracy); bsvit-convert
+        uses its "dataset" to evaluate the conversion on the held-out split by default.
+        """
         ckpt = {
+            "training": dict(training or {}),
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "config": self.config.to_dict(),
