@@ -28,9 +28,7 @@ import math
 import mmap as mmap_module
 import os
 import re
-import stat
 import struct
-import tempfile
 import types
 import zlib
 from collections.abc import Mapping
@@ -39,6 +37,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .atomic import atomic_write_bytes
 from .errors import BsiFormatError
 
 MAGIC = b"\x89BSI\r\n\x1a\n"
@@ -126,7 +125,7 @@ def write_bsi(
     A new file gets mode 0o644; an existing destination keeps its mode.
     """
     data = to_bytes(metadata, tensors, alignment)
-    _replace_atomically(os.fspath(path), data)
+    atomic_write_bytes(path, data)
 
 
 def to_bytes(
@@ -280,44 +279,6 @@ def _pack_entry(tensor: _PlannedTensor) -> bytes:
         tensor.name.encode("ascii"), tensor.code, len(tensor.shape), *dims,
         tensor.offset, tensor.data.size, zlib.crc32(tensor.data), bytes(12),
     )
-
-
-def _replace_atomically(path: str, data: bytes) -> None:
-    directory, filename = os.path.split(os.path.abspath(path))
-    mode = _destination_mode(path)
-    fd, temp_path = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as temp_file:
-            temp_file.write(data)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-            # mkstemp creates the file 0o600, which would make models unreadable to others.
-            if hasattr(os, "fchmod"):
-                os.fchmod(temp_file.fileno(), mode)
-        os.replace(temp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_path)
-        raise
-    _fsync_directory(directory)
-
-
-def _destination_mode(path: str) -> int:
-    try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return 0o644
-
-
-def _fsync_directory(directory: str) -> None:
-    # Makes the rename itself durable; best effort because some platforms and file
-    # systems refuse to open or fsync directories, and the data is already in place.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------- reading

@@ -9,11 +9,11 @@ integers) is checked here and reported as a ConversionError naming the tensor or
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Dict
 
 import torch
 
+from bsvit_int.atomic import atomic_write
 from bsvit_int.config import BSViTConfig
 from bsvit_int.errors import ConversionError
 
@@ -39,22 +39,8 @@ UNSUPPORTED_WHY = {
 
 
 def atomic_torch_save(obj, path) -> None:
-    """torch.save to a temporary file beside `path`, fsync, then rename over it."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """torch.save, all or nothing (see bsvit_int.atomic)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path) -> dict:

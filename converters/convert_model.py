@@ -12,7 +12,6 @@ import datetime
 import hashlib
 import json
 import os
-import tempfile
 from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 
 import bsvit_int
 from bsvit_int import spec
+from bsvit_int.atomic import atomic_write_bytes
 from bsvit_int.container import BsiFile, write_bsi
 from bsvit_int.engine import Model
 from bsvit_int.errors import ConversionError
@@ -173,22 +173,8 @@ def convert(src, dst, *, report_path=None, eval_data: EvalData = "auto",
 
 
 def write_json_atomic(path, obj) -> None:
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def format_report(report: dict) -> str:
