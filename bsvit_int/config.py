@@ -6,6 +6,7 @@ Field names follow the vocabulary of vision-transformer code (timm, Spikformer).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
@@ -95,7 +96,9 @@ class BSViTConfig:
 
     @property
     def mlp_hidden(self) -> int:
-        return max(1, int(round(self.embed_dim * self.mlp_ratio)))
+        # Half away from zero, the project's one rounding rule (Python's round() is
+        # half-to-even and C's lround is half-away: say which, so both agree).
+        return max(1, int(math.floor(self.embed_dim * self.mlp_ratio + 0.5)))
 
     @property
     def stream_max(self) -> int:
