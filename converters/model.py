@@ -323,14 +323,20 @@ class BSViT(nn.Module):
         return integer_faithful(self)
 
     # -- checkpoints ----------------------------------------------------------------------
-    def save(self, path, training: Optional[dict] = None) -> None:
+    def save(self, path, training: Optional[dict] = None, labels=None) -> None:
         """Write {format, version, config, modules, state_dict, training}.
 
         Loads with torch.load(weights_only=True). `training` is plain data describing how
         the model was made (data set and split, recipe, validation accuracy); bsvit-convert
         uses its "dataset" to evaluate the conversion on the held-out split by default.
+        `labels`: one class name per class, carried into the .bsi for bsvit-run.
         """
+        if labels is not None:
+            labels = [str(x) for x in labels]
+            if len(labels) != self.config.num_classes:
+                raise ValueError(f"{len(labels)} labels for {self.config.num_classes} classes")
         ckpt = {
+            "labels": labels,
             "training": dict(training or {}),
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,

@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value)
     model, info = train(args.dataset, args.epochs, **overrides)
-    model.save(args.out, training=info)
+    model.save(args.out, training=info, labels=[str(i) for i in range(10)])
     print(f"best epoch {info['best_epoch']}: val {info['val_accuracy']:.4f}, "
           f"test {info['test_accuracy']:.4f}; wrote {args.out}")
     return 0
