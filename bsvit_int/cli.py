@@ -89,30 +89,26 @@ def convert_main(argv=None) -> int:
 
 
 def demo_main(argv=None) -> int:
-    """The main job on the bundled digits model: convert, run the engine, compare."""
+    """The main job on the bundled digits model (bsvit_int.converters.main_job)."""
     ap = argparse.ArgumentParser(
         prog="bsvit-demo",
-        description="Convert the bundled digits BSViT to an integer model and run the "
-                    "NumPy integer engine on the 360 held-out digits, printing float "
-                    "accuracy, integer accuracy and agreement.")
-    ap.add_argument("--out", default="out", help="directory for digits.bsi and the report "
-                                                 "(default: ./out)")
+        description="The main job on the bundled digits BSViT: convert it to an integer "
+                    "model, compare integer and float accuracy on the 360 held-out digits, "
+                    "profile firing rates and energy, write the firmware sources, build them "
+                    "for this machine (if a C compiler is found) and compare their logits "
+                    "with the engine's, then print a summary. Everything goes into --out.")
+    ap.add_argument("--out", default="out", help="output directory (default: ./out)")
     args = ap.parse_args(argv)
-    conv = _import_converters(ap.prog)
-    from .converters.convert_model import format_report
-    os.makedirs(args.out, exist_ok=True)
-    src = os.path.join(BUNDLED, "digits.pt")
-    dst = os.path.join(args.out, "digits.bsi")
+    _import_converters(ap.prog)
+    from .converters.main_job import format_summary, main_job
     try:
-        report = conv.convert(src, dst, report_path=os.path.join(args.out, "digits-report.json"),
-                              eval_data="digits", progress=_Progress("evaluating"))
+        summary = main_job(os.path.join(BUNDLED, "digits.pt"), args.out, "digits",
+                           progress=_Progress("  evaluating"),
+                           log=lambda m: print(m, flush=True))
     except (ConversionError, BsiFormatError, ValueError, OSError) as e:
         return _fail(ap.prog, str(e))
-    print(format_report(report))
     print()
-    print(f"float accuracy {report['float_accuracy'] * 100:.2f} %, integer accuracy "
-          f"{report['int_accuracy'] * 100:.2f} %, agreement "
-          f"{report['top1_agreement'] * 100:.2f} % on {report['n_images']} held-out digits")
+    print(format_summary(summary))
     return 0
 
 
