@@ -69,8 +69,8 @@ def convert_main(argv=None) -> int:
     ap.add_argument("output", help="output .bsi (written atomically: all or nothing)")
     ap.add_argument("--report", metavar="JSON", help="also write the report as JSON")
     ap.add_argument("--eval", default="auto", metavar="DATA",
-                    help="evaluation data: 'auto' (default: the checkpoint's data set, if "
-                         "known), 'digits', or 'none'")
+                    help="evaluation data: 'auto' (default: the checkpoint's own data set "
+                         "when this machine has it), 'digits', 'mnist5k', or 'none'")
     ap.add_argument("--quiet", action="store_true", help="print nothing on success")
     args = ap.parse_args(argv)
     conv = _import_converters(ap.prog)
@@ -80,7 +80,7 @@ def convert_main(argv=None) -> int:
                               eval_data=eval_data, progress=_Progress("evaluating"))
     except FileNotFoundError as e:
         return _fail(ap.prog, f"{e.filename or args.checkpoint}: no such file")
-    except (ConversionError, BsiFormatError, ValueError) as e:
+    except (ConversionError, BsiFormatError, ValueError, ImportError) as e:
         return _fail(ap.prog, str(e))
     if not args.quiet:
         from .converters.convert_model import format_report
