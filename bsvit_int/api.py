@@ -25,6 +25,13 @@ def _model(model: ModelLike) -> Model:
     return model if isinstance(model, Model) else load(model)
 
 
+def _paths(inputs) -> List[str]:
+    """One path or a sequence of paths (a bare string is one path, not characters)."""
+    if isinstance(inputs, (str, bytes, os.PathLike)):
+        return [os.fsdecode(inputs)]
+    return [os.fsdecode(p) for p in inputs]
+
+
 def run(model: ModelLike, inputs: Union[Sequence[str], np.ndarray], top_k: int = 1,
         resize: bool = False) -> List[dict]:
     """Classify images; one dict per image: name, top-k (class, label, logit), logits.
@@ -37,7 +44,7 @@ def run(model: ModelLike, inputs: Union[Sequence[str], np.ndarray], top_k: int =
         images = m._images(inputs)
         names = [f"[{i}]" for i in range(len(images))]
     else:
-        images, names = load_images(list(inputs), (c.height, c.width, c.in_chans), resize)
+        images, names = load_images(_paths(inputs), (c.height, c.width, c.in_chans), resize)
     if not 1 <= top_k <= c.num_classes:
         raise ValueError(f"top_k must be in 1..{c.num_classes}, got {top_k}")
     logits = m.predict(images)
@@ -97,7 +104,7 @@ def profile(model: ModelLike, inputs: Union[Sequence[str], np.ndarray],
     if isinstance(inputs, np.ndarray):
         images = inputs
     else:
-        images, _ = load_images(list(inputs), (c.height, c.width, c.in_chans), resize)
+        images, _ = load_images(_paths(inputs), (c.height, c.width, c.in_chans), resize)
     report = _profile.profile(m, images, e_ac_pj=e_ac_pj, e_mac_pj=e_mac_pj, repeats=repeats)
     if plot:
         _profile.plot(report, plot)

@@ -82,6 +82,8 @@ def convert_main(argv=None) -> int:
         return _fail(ap.prog, f"{e.filename or args.checkpoint}: no such file")
     except (ConversionError, BsiFormatError, ValueError, ImportError) as e:
         return _fail(ap.prog, str(e))
+    except OSError as e:          # disk full, permissions: the outputs are left as they were
+        return _fail(ap.prog, f"{e.filename or args.output}: {e.strerror or e}")
     if not args.quiet:
         from .converters.convert_model import format_report
         print(format_report(report))

@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 MAX_BURST = 15
+_INT_FIELDS = ("in_chans", "patch_size", "embed_dim", "depth", "num_heads", "burst_max",
+               "timesteps", "num_classes", "attn_threshold")
+_OPTIONAL_INT_FIELDS = ("adjacency_window", "leak_shift")
 MAX_TIMESTEPS = 64
 MAX_LEAK_SHIFT = 15
+MAX_ATTENTION_PAIRS = 2**22
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -52,20 +61,33 @@ class BSViTConfig:
     folded: bool = False
 
     def __post_init__(self) -> None:
-        # Normalise img_size to a tuple so equality and JSON round trips are stable.
+        # Types are checked, never coerced: a model file saying timesteps 2.0 or window "3"
+        # is malformed, not rounded. Integers may be any Integral (NumPy's included).
         size = self.img_size
         if isinstance(size, (list, tuple)):
-            if len(size) != 2:
-                raise ValueError(f"img_size must be an int or (H, W), got {size!r}")
+            if len(size) != 2 or not all(_is_int(v) for v in size):
+                raise ValueError(f"img_size must be an int or (H, W) of ints, got {size!r}")
             size = (int(size[0]), int(size[1]))
-        else:
+        elif _is_int(size):
             size = (int(size), int(size))
+        else:
+            raise ValueError(f"img_size must be an int or (H, W) of ints, got {size!r}")
         object.__setattr__(self, "img_size", size)
-        if self.adjacency_window is not None:
-            object.__setattr__(self, "adjacency_window", int(self.adjacency_window))
-        if self.leak_shift is not None:
-            object.__setattr__(self, "leak_shift", int(self.leak_shift))
-        object.__setattr__(self, "mlp_ratio", float(self.mlp_ratio))
+        for name in _INT_FIELDS + _OPTIONAL_INT_FIELDS:
+            v = getattr(self, name)
+            if v is None and name in _OPTIONAL_INT_FIELDS:
+                continue
+            if not _is_int(v):
+                raise ValueError(f"{name} must be an integer"
+                                 f"{' or None' if name in _OPTIONAL_INT_FIELDS else ''}, "
+                                 f"got {v!r}")
+            object.__setattr__(self, name, int(v))
+        r = self.mlp_ratio
+        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r):
+            raise ValueError(f"mlp_ratio must be a finite number, got {r!r}")
+        object.__setattr__(self, "mlp_ratio", float(r))
+        if not isinstance(self.folded, bool):
+            raise ValueError(f"folded must be true or false, got {self.folded!r}")
         self.validate()
 
     # -- derived sizes -------------------------------------------------------------
@@ -124,10 +146,21 @@ class BSViTConfig:
              f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         need(self.embed_dim % self.num_heads == 0,
              f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        need(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        need(0 < self.mlp_ratio <= 64, f"mlp_ratio must be in (0, 64], got {self.mlp_ratio}")
+        need(h <= 4096 and w <= 4096, f"img_size {self.img_size} exceeds 4096 a side")
+        need(self.embed_dim <= 8192 and self.mlp_hidden <= 65536 and self.num_classes <= 65536,
+             "embed_dim (<= 8192), MLP width (<= 65536) or num_classes (<= 65536) too large")
+        need(self.in_chans <= 64, f"in_chans must be <= 64, got {self.in_chans}")
         aw = self.adjacency_window
         need(aw is None or (aw >= 1 and aw % 2 == 1),
              f"adjacency_window must be an odd integer >= 1 or None (global), got {aw!r}")
+        # Attention visits tokens × window pairs per step: cap them so a small file cannot
+        # ask for quadratic work (2048 tokens with global attention is the largest allowed).
+        gh, gw = self.grid
+        win = gh * gw if aw is None else min(aw, gh) * min(aw, gw)
+        need(gh * gw * win <= MAX_ATTENTION_PAIRS,
+             f"{gh * gw} tokens × {win} window tokens = {gh * gw * win} attention pairs, more "
+             f"than the {MAX_ATTENTION_PAIRS} supported; use a smaller adjacency_window")
         need(1 <= self.burst_max <= MAX_BURST,
              f"burst_max must be in 1..{MAX_BURST}, got {self.burst_max!r}")
         need(1 <= self.timesteps <= MAX_TIMESTEPS,

@@ -6,7 +6,7 @@ writing a model) and the engine (which re-proves them before running one, so a h
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
@@ -115,11 +115,14 @@ def model_bounds(cfg: BSViTConfig, tensors: Dict[str, np.ndarray],
     return {k: int(v) for k, v in bounds.items()}
 
 
-def grid_neighbours(cfg: BSViTConfig) -> List[List[int]]:
-    """For each token i (row-major), the tokens j of its window, in row-major order."""
+def grid_neighbours(cfg: BSViTConfig) -> Sequence[Sequence[int]]:
+    """For each token i (row-major), the tokens j of its window, in row-major order.
+
+    Global attention shares one `range` for every token: O(N) memory, not N² integers.
+    """
     gh, gw = cfg.grid
     if cfg.adjacency_window is None:
-        return [list(range(gh * gw)) for _ in range(gh * gw)]
+        return [range(gh * gw)] * (gh * gw)
     r = (cfg.adjacency_window - 1) // 2
     out = []
     for gy in range(gh):
