@@ -4,6 +4,8 @@ Set BSVIT_DEBUG=1 at build time to turn bounds checking and wraparound checks ba
 (the test suite's debug build); release builds turn them off once, here.
 """
 import os
+import platform
+import sys
 
 import numpy as np
 from Cython.Build import cythonize
@@ -19,14 +21,25 @@ directives = {
     "cdivision": True,
 }
 
-extensions = [
-    Extension(
-        "bsvit_int._kernels",
-        ["kernels/_kernels.pyx"],
+
+def _kernels_extension(name, pyx, march=None):
+    """One build of the kernels; the x86 variants differ only in -march (kernels/_kernels.pyx
+    explains the runtime dispatch between them)."""
+    args = ["-O2", "-fvect-cost-model=cheap", "-fopenmp"] + (["-UNDEBUG"] if DEBUG else [])
+    return Extension(
+        name,
+        [pyx],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=["-O2"] + (["-UNDEBUG"] if DEBUG else []),
+        extra_compile_args=args + ([f"-march={march}"] if march else []),
+        extra_link_args=["-fopenmp"],
     )
-]
+
+
+extensions = [_kernels_extension("bsvit_int._kernels", "kernels/_kernels.pyx")]
+if platform.machine().lower() in ("x86_64", "amd64") and sys.platform.startswith("linux"):
+    extensions += [_kernels_extension(f"bsvit_int._core_x86_64_v{v}",
+                                      f"kernels/_core_x86_64_v{v}.pyx", f"x86-64-v{v}")
+                   for v in (2, 3, 4)]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives))

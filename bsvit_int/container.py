@@ -28,6 +28,7 @@ import math
 import mmap as mmap_module
 import os
 import re
+import stat
 import struct
 import types
 import zlib
@@ -311,13 +312,20 @@ def read_bsi(
     With `mmap=True` the file is mapped read-only and the tensors view the mapping; with
     `mmap=False` the file is read into memory. Tensors are read-only either way. Tensor
     CRCs are checked unless `verify_checksums=False`. Raises BsiFormatError for a malformed
-    file; OS errors (FileNotFoundError, IsADirectoryError, PermissionError) propagate.
+    file or one that is not a regular file (a device or FIFO would never end or never
+    open); OS errors (FileNotFoundError, IsADirectoryError, PermissionError) propagate.
     """
+    # fspath first: open() would take an int as a file descriptor and close it afterwards.
+    path = os.fspath(path)
+    _check_regular_file(path, os.stat(path).st_mode)
     with open(path, "rb") as file:
-        size = os.fstat(file.fileno()).st_size
+        status = os.fstat(file.fileno())
+        _check_regular_file(path, status.st_mode)
+        size = status.st_size
         # mmap refuses empty files, and a file shorter than the header is rejected anyway.
+        # Reading `size` bytes, not to EOF, keeps a file growing under us bounded too.
         if not mmap or size < HEADER_SIZE:
-            return from_bytes(file.read(), verify_checksums=verify_checksums)
+            return from_bytes(file.read(size), verify_checksums=verify_checksums)
         mapping = mmap_module.mmap(file.fileno(), 0, access=mmap_module.ACCESS_READ)
     try:
         return from_bytes(mapping, verify_checksums=verify_checksums)
@@ -328,8 +336,16 @@ def read_bsi(
         raise
 
 
+def _check_regular_file(path: str | bytes, mode: int) -> None:
+    # A device (/dev/zero) would be read forever and a FIFO would block open() forever;
+    # directories are left to open(), which raises IsADirectoryError.
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise BsiFormatError(f"{os.fsdecode(path)}: not a regular file (a device, FIFO or "
+                             "socket), so not a .bsi model")
+
+
 def from_bytes(buf: Any, *, verify_checksums: bool = True) -> BsiFile:
-    """Parse and fully validate the bytes of a `.bsi` file (any 1-D byte buffer).
+    """Parse and fully validate the bytes of a `.bsi` file (any contiguous 1-D byte buffer).
 
     The returned tensors are read-only arrays that view `buf` without copying it.
     """
@@ -341,8 +357,8 @@ def from_bytes(buf: Any, *, verify_checksums: bool = True) -> BsiFile:
 def _validate(buf: Any, verify_checksums: bool) -> tuple[list[_Entry], dict]:
     # The memoryview is released on exit so a failed mmap read can close its mapping.
     with memoryview(buf) as view:
-        if view.ndim != 1 or view.itemsize != 1:
-            raise TypeError("buf must be a 1-D buffer of bytes")
+        if view.ndim != 1 or view.itemsize != 1 or not view.c_contiguous:
+            raise TypeError("buf must be a contiguous 1-D buffer of bytes")
         header = _read_header(view)
         entries = _read_table(view, header)
         metadata = _read_metadata(view, header)

@@ -16,7 +16,7 @@ from .config import BSViTConfig
 from .container import BsiFile, read_bsi
 from .errors import BsiFormatError
 
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "cython")
 
 
 def validate_model(bsi: BsiFile) -> tuple:
@@ -75,13 +75,18 @@ def validate_model(bsi: BsiFile) -> tuple:
 class Model:
     """An integer BSViT ready to run. Build with `bsvit_int.load`."""
 
-    def __init__(self, bsi: BsiFile, backend: str = "numpy", path: Optional[str] = None):
+    def __init__(self, bsi: BsiFile, backend: str = "cython", path: Optional[str] = None,
+                 threads: int = 1):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.config, self._shifts = validate_model(bsi)
         self.metadata = bsi.metadata
         self.tensors = bsi.tensors
         self.backend = backend
+        self._runner = None
+        if backend == "cython":     # threads: OpenMP threads of the Cython backend (0 = all)
+            from .engine_cython import CythonRunner
+            self._runner = CythonRunner(self.config, self.tensors, self._shifts, threads)
         self.path = path
         self.logit_scale = float(bsi.metadata["logit_scale"])
         self.labels = bsi.metadata.get("labels")
@@ -112,6 +117,8 @@ class Model:
         under the layer's name ("embed", "blocks.0.attn.q", ...).
         """
         x = self._images(images)
+        if self._runner is not None:
+            return self._runner.run(x, record)
         return oracle.run(self.config, self.tensors, self._shifts, x, record)
 
     def float_logits(self, logits_int: np.ndarray) -> np.ndarray:
@@ -124,7 +131,13 @@ class Model:
         return np.argmax(self.predict(images), axis=1)
 
 
-def load(path, backend: str = "numpy", *, verify_checksums: bool = True) -> Model:
-    """Load and validate a `.bsi` model (memory-mapped; weights are not copied)."""
+def load(path, backend: str = "cython", *, threads: int = 1,
+         verify_checksums: bool = True) -> Model:
+    """Load and validate a `.bsi` model (memory-mapped; weights are not copied).
+
+    backend: "cython" (compiled kernels, the default; ImportError if they are not built) or
+    "numpy" (the oracle); threads: OpenMP threads of the cython backend, 0 for all cores.
+    """
     path = os.fspath(path)
-    return Model(read_bsi(path, verify_checksums=verify_checksums), backend=backend, path=path)
+    return Model(read_bsi(path, verify_checksums=verify_checksums), backend=backend, path=path,
+                 threads=threads)

@@ -10,6 +10,11 @@ unless `resize=True`, which resamples with nearest neighbour (output pixel (y, x
 source pixel (floor((y + 0.5)·H_src / H), floor((x + 0.5)·W_src / W))) and converts
 channels: grey → RGB by copying, RGB → grey by integer luma (299 R + 587 G + 114 B + 500)
 // 1000. Palette images are expanded and alpha is dropped, always. No float arithmetic.
+
+Hostile files: only regular files are read (a device or FIFO named x.pgm is refused); PNM
+images are at most 16384 pixels a side and compressed (Pillow) images at most 2**26 pixels,
+checked before decoding, so a small file cannot make the reader allocate gigabytes; a
+`.npy` header must describe exactly the data the file holds. Every failure is an ImageError.
 """
 from __future__ import annotations
 
@@ -17,10 +22,13 @@ import os
 from typing import List, Sequence, Tuple
 
 import numpy as np
+import numpy.lib.format as npy_format
 
 PILLOW_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 NATIVE_EXT = {".pgm", ".ppm", ".pnm", ".npy"}
 IMAGE_EXT = PILLOW_EXT | NATIVE_EXT
+MAX_SIDE = 16384
+MAX_DECODED_PIXELS = 1 << 26       # compressed formats: decoded size is not the file's size
 
 
 class ImageError(ValueError):
@@ -53,7 +61,7 @@ def _pnm(path: str) -> np.ndarray:
         w, h, maxval = (int(t) for t in tokens[1:4])
     except ValueError:
         raise ImageError(f"{path}: malformed PNM header") from None
-    if not (0 < w <= 16384 and 0 < h <= 16384 and 0 < maxval <= 255):
+    if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE and 0 < maxval <= 255):
         raise ImageError(f"{path}: unsupported PNM size {w}x{h} or maxval {maxval} "
                          "(8-bit images up to 16384 pixels a side)")
     c = 3 if magic in (b"P3", b"P6") else 1
@@ -86,20 +94,51 @@ def _pillow(path: str) -> np.ndarray:
             from None
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE and w * h <= MAX_DECODED_PIXELS):
+                raise ImageError(f"{path}: image is {w}x{h}; this reader decodes at most "
+                                 f"{MAX_SIDE} pixels a side and {MAX_DECODED_PIXELS} pixels")
             im.load()
             mode = "L" if im.mode in ("1", "L", "LA", "I;16", "I", "F") else "RGB"
             if im.mode == "P":
                 mode = "RGB"
             arr = np.asarray(im.convert(mode), dtype=np.uint8)
-    except OSError as e:
-        raise ImageError(f"{path}: cannot read image ({e})") from None
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- Pillow reports corrupt data with many types
+        # (OSError, ValueError, SyntaxError, EOFError, struct.error, DecompressionBombError)
+        raise ImageError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
     return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _npy_header(path: str) -> Tuple[Tuple[int, ...], np.dtype]:
+    """Shape and dtype from a .npy header, checked against the file's size before loading
+    (np.load allocates what the header claims before it finds the data missing)."""
+    with open(path, "rb") as f:
+        version = npy_format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = npy_format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = npy_format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+        data_bytes = os.fstat(f.fileno()).st_size - f.tell()
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise ValueError(f"shape {shape} is not a tuple of non-negative integers")
+    count = 1
+    for d in shape:
+        count *= d
+    if count * dtype.itemsize != data_bytes:
+        raise ValueError(f"header says {list(shape)} {dtype} ({count * dtype.itemsize} bytes) "
+                         f"but the file holds {data_bytes} bytes of data")
+    return shape, dtype
 
 
 def _npy(path: str) -> np.ndarray:
     try:
+        _npy_header(path)
         arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, EOFError, MemoryError) as e:
         raise ImageError(f"{path}: not a readable .npy array ({e})") from None
     if arr.dtype != np.uint8:
         raise ImageError(f"{path}: .npy images must be uint8 raw pixels, got {arr.dtype}")
@@ -114,6 +153,8 @@ def _npy(path: str) -> np.ndarray:
 def read_image(path: str) -> np.ndarray:
     """uint8 [H, W, C] (or [B, H, W, C] for a batched .npy) from one file."""
     ext = os.path.splitext(path)[1].lower()
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ImageError(f"{path}: not a regular file")
     if ext in (".pgm", ".ppm", ".pnm"):
         return _pnm(path)
     if ext == ".npy":
@@ -152,6 +193,9 @@ def fit(img: np.ndarray, shape: Tuple[int, int, int], resize: bool, name: str) -
     h, w, c = shape
     if img.shape == (h, w, c):
         return img
+    if img.size == 0:
+        raise ImageError(f"{name}: image is {img.shape[0]}x{img.shape[1]} with "
+                         f"{img.shape[2]} channel(s): it holds no pixels")
     if not resize:
         raise ImageError(f"{name}: image is {img.shape[0]}x{img.shape[1]} with {img.shape[2]} "
                          f"channel(s); the model takes {h}x{w} with {c} (use --resize to "
@@ -173,6 +217,15 @@ def fit(img: np.ndarray, shape: Tuple[int, int, int], resize: bool, name: str) -
 def load_images(inputs: Sequence[str], shape: Tuple[int, int, int], resize: bool = False
                 ) -> Tuple[np.ndarray, List[str]]:
     """(uint8 [B, H, W, C], one name per image) from files, directories and .npy batches."""
+    if isinstance(inputs, (str, bytes, os.PathLike)):
+        raise TypeError(f"inputs must be a list of paths, got the single path {inputs!r}; "
+                        "pass [path]")
+    if not (isinstance(shape, (tuple, list)) and len(shape) == 3
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+                    for v in shape)):
+        raise ValueError(f"shape must be (height, width, channels) of positive ints, "
+                         f"got {shape!r}")
+    shape = tuple(int(v) for v in shape)
     images, names = [], []
     for path in expand_inputs(inputs):
         arr = read_image(path)

@@ -8,11 +8,14 @@ integers) is checked here and reported as a ConversionError naming the tensor or
 """
 from __future__ import annotations
 
+import math
 import os
+import zipfile
 from typing import Dict
 
 import torch
 
+from bsvit_int import spec
 from bsvit_int.atomic import atomic_write
 from bsvit_int.config import BSViTConfig
 from bsvit_int.errors import ConversionError
@@ -43,9 +46,40 @@ def atomic_torch_save(obj, path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def check_archive(path: str) -> None:
+    """Refuse a zip checkpoint whose members would inflate beyond the file's own size.
+
+    torch.save stores every member uncompressed, but torch.load also inflates deflated
+    members, so a crafted 200 KB .pt could otherwise allocate 200 MB (or 200 GB).
+    """
+    if not os.path.isfile(path) or not zipfile.is_zipfile(path):
+        return      # torch.load reports what it is (legacy format, not a checkpoint, ...)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise ConversionError(f"{path}: not a loadable weights-only checkpoint (a damaged "
+                              f"zip archive: {e})") from None
+    total = 0
+    for info in members:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            raise ConversionError(
+                f"{path}: not a loadable weights-only checkpoint: member '{info.filename}' "
+                f"is compressed ({info.compress_size} bytes inflating to {info.file_size}); "
+                "torch.save never compresses, so this file was crafted or rewritten")
+        total += info.file_size
+    if total > os.path.getsize(path):
+        raise ConversionError(f"{path}: not a loadable weights-only checkpoint: its members "
+                              f"claim {total} bytes, more than the file's size")
+
+
 def load_checkpoint(path) -> dict:
     """Load and check the outer structure of a checkpoint written by BSViT.save."""
     path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+        # A FIFO would block torch.load's open() forever, a device be read forever.
+        raise ConversionError(f"{path}: not a regular file (a device, FIFO or socket)")
+    check_archive(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -73,6 +107,10 @@ def load_checkpoint(path) -> dict:
                               f"{CHECKPOINT_FORMAT_DEFAULT!r}")
     if not isinstance(obj["state_dict"], dict):
         raise ConversionError(f"{path}: state_dict is a {type(obj['state_dict']).__name__}")
+    for key in obj["state_dict"]:
+        if not isinstance(key, str):
+            raise ConversionError(f"{path}: state_dict key {key!r} is a {type(key).__name__}, "
+                                  "not a tensor name")
     return obj
 
 
@@ -81,9 +119,20 @@ CHECKPOINT_FORMAT_DEFAULT = "bsvit-checkpoint"
 
 def check_config(ckpt: dict) -> BSViTConfig:
     try:
-        return BSViTConfig.from_dict(ckpt["config"])
-    except (TypeError, ValueError) as e:
+        cfg = BSViTConfig.from_dict(ckpt["config"])
+        implied = sum(math.prod(shape) for _, shape in spec.tensor_table(cfg).values())
+    except (TypeError, ValueError, OverflowError) as e:
         raise ConversionError(f"config: {e}") from None
+    # The float model is built before its tensors are compared with the checkpoint's, so a
+    # config claiming huge sizes must be refused first: the integer model's tensor count is
+    # at most the float model's, which a genuine checkpoint holds in full.
+    state = ckpt.get("state_dict") or {}
+    present = sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+    if implied > 2 * present + 65536:
+        raise ConversionError(f"config: it implies a model of {implied} parameters, but the "
+                              f"state_dict holds only {present} values; config and tensors "
+                              "do not belong together")
+    return cfg
 
 
 def check_modules(ckpt: dict) -> None:
@@ -94,6 +143,8 @@ def check_modules(ckpt: dict) -> None:
     if not isinstance(modules, dict):
         raise ConversionError("modules: expected a dict of layer name -> type name")
     for name, kind in modules.items():
+        if not isinstance(kind, str):
+            raise ConversionError(f"modules: layer {name!r} has type {kind!r}, not a type name")
         if kind in SUPPORTED_MODULES:
             continue
         why = UNSUPPORTED_WHY.get(kind, "bsvit-int has no integer-only form for it")
@@ -121,6 +172,14 @@ def check_state_dict(state: Dict[str, torch.Tensor], expected: Dict[str, torch.T
         t = state[key]
         if not isinstance(t, torch.Tensor):
             raise ConversionError(f"tensor '{key}' is a {type(t).__name__}, not a tensor")
+        if t.layout != torch.strided or t.is_quantized:
+            raise ConversionError(f"tensor '{key}' is a {t.layout} tensor"
+                                  f"{' (quantized)' if t.is_quantized else ''}; only dense "
+                                  "tensors are read")
+        if t.is_complex() or t.dtype == torch.bool:
+            # load_state_dict would silently drop the imaginary part or read True as 1.
+            raise ConversionError(f"tensor '{key}' has dtype {t.dtype}; expected a real "
+                                  "(floating-point or integer) tensor")
         if tuple(t.shape) != tuple(ref.shape):
             raise ConversionError(f"tensor '{key}' has shape {list(t.shape)}, expected "
                                   f"{list(ref.shape)} for this config")
