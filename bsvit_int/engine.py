@@ -6,6 +6,7 @@ A Model is immutable after loading: one instance may be used from many threads a
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Dict, Optional
 
@@ -25,7 +26,8 @@ def validate_model(bsi: BsiFile) -> tuple:
     if meta.get("format") != spec.FORMAT:
         raise BsiFormatError(f"metadata.format is {meta.get('format')!r}, expected "
                              f"{spec.FORMAT!r}")
-    if meta.get("opset") != spec.OPSET:
+    opset = meta.get("opset")
+    if isinstance(opset, bool) or opset != spec.OPSET:
         raise BsiFormatError(f"metadata.opset is {meta.get('opset')!r}; this engine runs "
                              f"op-set {spec.OPSET}")
     try:
@@ -62,9 +64,16 @@ def validate_model(bsi: BsiFile) -> tuple:
                                  f"expected an integer in 0..{spec.MAX_SHIFT}")
         shifts[layer.name] = shift
     scale = meta.get("logit_scale")
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0 \
-            or not np.isfinite(scale):
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or \
+            not (isinstance(scale, float) or abs(scale) < 2**53) or \
+            not math.isfinite(float(scale)) or not scale > 0:
         raise BsiFormatError(f"metadata.logit_scale is {scale!r}, expected a positive number")
+    labels = meta.get("labels")
+    if labels is not None and (not isinstance(labels, list)
+                               or len(labels) != cfg.num_classes
+                               or not all(isinstance(x, str) for x in labels)):
+        raise BsiFormatError(f"metadata.labels must be a list of {cfg.num_classes} strings, "
+                             f"got {str(labels)[:80]}")
     try:
         spec.model_bounds(cfg, bsi.tensors, shifts)
     except ValueError as e:
@@ -116,6 +125,8 @@ class Model:
         record: optional dict; receives every neuron layer's spikes as int8 [B, T, N, C]
         under the layer's name ("embed", "blocks.0.attn.q", ...).
         """
+        if record is not None and not isinstance(record, dict):
+            raise TypeError(f"record must be a dict (or None), got {type(record).__name__}")
         x = self._images(images)
         if self._runner is not None:
             return self._runner.run(x, record)
@@ -123,6 +134,12 @@ class Model:
 
     def float_logits(self, logits_int: np.ndarray) -> np.ndarray:
         """The documented exact map: int logit * logit_scale / (T*N), in float64."""
+        if not isinstance(logits_int, np.ndarray) or logits_int.dtype != np.int32:
+            raise TypeError("float_logits takes the int32 logits predict returned, got "
+                            f"{getattr(logits_int, 'dtype', type(logits_int).__name__)}")
+        if logits_int.ndim != 2 or logits_int.shape[1] != self.config.num_classes:
+            raise ValueError(f"logits must be [B, {self.config.num_classes}], got "
+                             f"{list(logits_int.shape)}")
         c = self.config
         return logits_int.astype(np.float64) * self.logit_scale / (c.timesteps * c.num_tokens)
 

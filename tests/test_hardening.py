@@ -279,12 +279,11 @@ def test_model_level_corruption_is_refused(tiny_parts, tmp_path, edit, message):
 
 # Values the engine accepts but should refuse. Each is a bug in a file this suite does not
 # own; the xfail is strict, so fixing the bug makes the test fail until its marker goes.
-ENGINE_GAP = "engine.py does not validate this metadata field (see docs/hardening.md)"
-KNOWN_GAPS = [
-    ("opset_true_equals_1", _meta(("opset",), True), ENGINE_GAP),
-    ("logit_scale_huge_int_raises_typeerror", _meta(("logit_scale",), 10**30), ENGINE_GAP),
-    ("labels_too_few", _meta(("labels",), ["a"]), ENGINE_GAP),
-    ("labels_not_strings", _meta(("labels",), [1, 2, 3]), ENGINE_GAP),
+METADATA_CASES = [
+    ("opset_true", _meta(("opset",), True), "metadata.opset is True"),
+    ("logit_scale_huge_int", _meta(("logit_scale",), 10**30), "metadata.logit_scale is"),
+    ("labels_too_few", _meta(("labels",), ["a"]), "metadata.labels must be a list of 3"),
+    ("labels_not_strings", _meta(("labels",), [1, 2, 3]), "metadata.labels must be a list"),
 ]
 
 # Config values of the wrong JSON type: refused by BSViTConfig, never coerced.
@@ -315,35 +314,25 @@ def test_config_types_are_checked_not_coerced(tiny_parts, tmp_path, edit, messag
     assert message in str(excinfo.value)
 
 
-@pytest.mark.parametrize("edit", [pytest.param(e, id=n, marks=pytest.mark.xfail(
-    strict=True, raises=pytest.fail.Exception, reason=why)) for n, e, why in KNOWN_GAPS])
-def test_known_gap_is_refused_at_load(tiny_parts, tmp_path, edit):
+@pytest.mark.parametrize("edit, message", [pytest.param(e, m, id=n)
+                                           for n, e, m in METADATA_CASES])
+def test_metadata_fields_are_validated_at_load(tiny_parts, tmp_path, edit, message):
     meta, tensors = tiny_parts
     meta, tensors = copy.deepcopy(meta), dict(tensors)
     edit(meta, tensors)
-    write_bsi(tmp_path / "gap.bsi", meta, tensors)
-    try:
-        bsvit_int.load(tmp_path / "gap.bsi")
-    except BsiFormatError:
-        return
-    except Exception as e:        # noqa: BLE001 -- the gap: another exception type
-        pytest.fail(f"load raised {type(e).__name__}, not BsiFormatError: {e}")
-    pytest.fail("load accepted the model")
+    write_bsi(tmp_path / "meta.bsi", meta, tensors)
+    with pytest.raises(BsiFormatError) as excinfo:
+        bsvit_int.load(tmp_path / "meta.bsi")
+    assert message in str(excinfo.value)
 
 
-def test_a_hostile_labels_entry_cannot_crash_run(tiny_parts, tmp_path):
-    """What the labels gap costs today: api.run raises IndexError (bsvit-run: traceback)."""
+def test_a_hostile_labels_entry_is_refused_before_run(tiny_parts, tmp_path):
+    """A labels list that does not match the classes would make bsvit-run index past it."""
     meta, tensors = tiny_parts
     meta = dict(copy.deepcopy(meta), labels=["only-one"])
     write_bsi(tmp_path / "labels.bsi", meta, dict(tensors))
-    model = bsvit_int.load(tmp_path / "labels.bsi")
-    x = np.zeros((1, 4, 6, 2), np.uint8)
-    top = int(np.argmax(model.predict(x)[0]))
-    if top == 0:
-        assert api.run(model, x)[0]["top"][0]["label"] == "only-one"
-    else:
-        with pytest.raises(IndexError):        # documents the gap (engine.py / api.py)
-            api.run(model, x)
+    with pytest.raises(BsiFormatError, match="metadata.labels must be a list of 3 strings"):
+        api.run(str(tmp_path / "labels.bsi"), np.zeros((1, 4, 6, 2), np.uint8))
 
 
 # --------------------------------------------------------------------------- not regular files
@@ -590,8 +579,6 @@ def test_predict_layouts_give_the_same_answer(any_backend_model):
     assert tiny_model.predict(x[:0]).shape == (0, 3)
 
 
-@pytest.mark.xfail(strict=True, reason="engine.py: Model.float_logits does not validate "
-                                       "its argument (see docs/hardening.md)")
 @pytest.mark.parametrize("bad", [[1, 2, 3], "x", np.zeros((2, 4), np.int32),
                                  np.zeros((2, 3), np.float32)])
 def test_float_logits_refuses_what_predict_never_returns(tiny_model, bad):
