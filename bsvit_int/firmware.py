@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import zlib
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -31,8 +32,9 @@ from . import __version__, spec
 from .atomic import atomic_write_bytes
 from .config import BSViTConfig
 from .container import VERSION as BSI_VERSION
-from .container import read_bsi
+from .container import from_bytes
 from .engine import validate_model
+from .errors import BsiFormatError
 
 GENERATOR = f"bsvit-firmware {__version__}"
 ABI_VERSION = 1                      # BSVIT_ABI_VERSION in bsvit.h
@@ -272,7 +274,7 @@ class _Emitter:
 
 def _model_c(name: str, hname: str, cfg: BSViTConfig, tensors: Dict[str, np.ndarray],
              shifts: Dict[str, int], plan: Dict[str, Tuple[int, int]], arena: int,
-             banner: str) -> Tuple[str, int]:
+             banner: str, crc: int) -> Tuple[str, int]:
     e = _Emitter(name, tensors)
     embed = e.linear("embed", shifts["embed"])
     blocks = []
@@ -322,7 +324,12 @@ def _model_c(name: str, hname: str, cfg: BSViTConfig, tensors: Dict[str, np.ndar
         f"    .arena_bytes = {arena}u,\n"
         "    .plan = {\n" + plan_text + "    },\n"
         "};\n")
-    text = (f"{banner}\n#include \"{hname}\"\n\n"
+    # The .h and .c are written one after the other; if a run was interrupted between
+    # them, refuse to compile a header and weights from different models.
+    pair_check = (f"#if {name.upper()}_MODEL_SOURCE_CRC32 != 0x{crc:08x}u\n"
+                  f"#error \"{hname} and {name}_model.c come from different models (an "
+                  "interrupted bsvit-firmware?): run it again\"\n#endif\n\n")
+    text = (f"{banner}\n#include \"{hname}\"\n\n" + pair_check
             + "\n".join(e.parts) + "\n" + model)
     return text, e.const_bytes
 
@@ -385,8 +392,11 @@ def emit_firmware(bsi_path, outdir, name: Optional[str] = None, *,
     """
     bsi_path = os.fspath(bsi_path)
     name = check_name(name if name is not None else default_name(bsi_path))
+    # One read: the bytes hashed into the header are exactly the bytes validated.
+    if not stat.S_ISREG(os.stat(bsi_path).st_mode):
+        raise BsiFormatError(f"{bsi_path}: not a regular file")
     raw = Path(bsi_path).read_bytes()
-    bsi = read_bsi(bsi_path)
+    bsi = from_bytes(raw)
     cfg, shifts = validate_model(bsi)
     plan, arena = plan_arena(cfg)
     _check_sizes(cfg, arena)
@@ -394,7 +404,8 @@ def emit_firmware(bsi_path, outdir, name: Optional[str] = None, *,
     crc = zlib.crc32(raw)
     banner = _banner(os.path.basename(bsi_path), sha)
     hname = f"{name}_model.h"
-    c_text, const_bytes = _model_c(name, hname, cfg, bsi.tensors, shifts, plan, arena, banner)
+    c_text, const_bytes = _model_c(name, hname, cfg, bsi.tensors, shifts, plan, arena, banner,
+                                   crc)
     h_text = _model_h(name, cfg, bsi.metadata, arena, const_bytes, sha, crc, banner)
     outputs = {hname: h_text.encode("ascii"), f"{name}_model.c": c_text.encode("ascii")}
     if copy_runtime:

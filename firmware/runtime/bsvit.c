@@ -485,10 +485,10 @@ static unsigned stream_planes(const bsvit_model *m, unsigned spike_sets)
 /* Entries the bit-plane row lists need: the most planes * inputs of any linear layer. */
 static uint32_t rows_needed(const bsvit_model *m)
 {
-    uint32_t need = PIXEL_PLANES * m->patch_dim, n;
+    uint32_t need = PIXEL_PLANES * m->patch_dim;
     if (m->depth > 0) {
         const unsigned burst = stream_planes(m, 1u), last = 2u * m->depth - 1u;
-        n = m->dim * stream_planes(m, last);          /* q, k, v of the last block */
+        uint32_t n = m->dim * stream_planes(m, last);     /* q, k, v of the last block */
         need = n > need ? n : need;
         n = m->dim * stream_planes(m, last + 1u);     /* fc1 of the last block */
         need = n > need ? n : need;

@@ -42,17 +42,20 @@ void board_exit(int code)
         (void)semihost(SYS_EXIT_EXTENDED, block);
 }
 
+/* The stack bounds are two linker symbols, distinct objects to C: compare and subtract
+ * their addresses as integers, which is defined, rather than as pointers, which is not. */
 uint32_t board_stack_used(void)
 {
+    const uintptr_t top = (uintptr_t)_stack_top;
     const uint32_t *p = _stack_bottom;
-    while (p < _stack_top && *p == STACK_PAINT)
+    while ((uintptr_t)p < top && *p == STACK_PAINT)
         p++;
-    return (uint32_t)((const uint8_t *)_stack_top - (const uint8_t *)p);
+    return (uint32_t)(top - (uintptr_t)p);
 }
 
 uint32_t board_stack_size(void)
 {
-    return (uint32_t)((const uint8_t *)_stack_top - (const uint8_t *)_stack_bottom);
+    return (uint32_t)((uintptr_t)_stack_top - (uintptr_t)_stack_bottom);
 }
 
 static void fault_handler(void)
@@ -65,9 +68,9 @@ __attribute__((noreturn)) void reset_handler(void)
 {
     uint32_t *p, sp;
     const uint32_t *s;
-    for (p = _data_start, s = _data_load; p < _data_end;)
+    for (p = _data_start, s = _data_load; (uintptr_t)p < (uintptr_t)_data_end;)
         *p++ = *s++;
-    for (p = _bss_start; p < _bss_end;)
+    for (p = _bss_start; (uintptr_t)p < (uintptr_t)_bss_end;)
         *p++ = 0;
     /* Paint the stack below this function's frame, for board_stack_used(). */
     __asm__ volatile("mov %0, sp" : "=r"(sp));
