@@ -302,27 +302,16 @@ CONFIG_TYPE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("edit, message", [pytest.param(e, m, id=n)
-                                           for n, e, m in CONFIG_TYPE_CASES])
-def test_config_types_are_checked_not_coerced(tiny_parts, tmp_path, edit, message):
+@pytest.mark.parametrize("edit, message", [pytest.param(e, m, id=n) for n, e, m in
+                                           CONFIG_TYPE_CASES + METADATA_CASES])
+def test_metadata_values_of_the_wrong_type_are_refused_at_load(tiny_parts, tmp_path, edit,
+                                                              message):
     meta, tensors = tiny_parts
     meta, tensors = copy.deepcopy(meta), dict(tensors)
     edit(meta, tensors)
-    write_bsi(tmp_path / "cfg.bsi", meta, tensors)
+    write_bsi(tmp_path / "bad.bsi", meta, tensors)
     with pytest.raises(BsiFormatError) as excinfo:
-        bsvit_int.load(tmp_path / "cfg.bsi")
-    assert message in str(excinfo.value)
-
-
-@pytest.mark.parametrize("edit, message", [pytest.param(e, m, id=n)
-                                           for n, e, m in METADATA_CASES])
-def test_metadata_fields_are_validated_at_load(tiny_parts, tmp_path, edit, message):
-    meta, tensors = tiny_parts
-    meta, tensors = copy.deepcopy(meta), dict(tensors)
-    edit(meta, tensors)
-    write_bsi(tmp_path / "meta.bsi", meta, tensors)
-    with pytest.raises(BsiFormatError) as excinfo:
-        bsvit_int.load(tmp_path / "meta.bsi")
+        bsvit_int.load(tmp_path / "bad.bsi")
     assert message in str(excinfo.value)
 
 
