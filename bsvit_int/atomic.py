@@ -70,14 +70,23 @@ def _open_unnamed(directory: str, path: str) -> Optional[int]:
         raise type(e)(e.errno, e.strerror, path) from None
 
 
+def _write_synced(temp_file: IO[bytes], write: Callable[[IO[bytes]], None], mode: int) -> None:
+    """write(f), then make the data durable and give the file its final mode.
+
+    Temporary files are created 0o600 (mkstemp) or with the process umask (O_TMPFILE);
+    without the chmod, outputs would not get the destination's mode.
+    """
+    write(temp_file)
+    temp_file.flush()
+    os.fsync(temp_file.fileno())
+    if hasattr(os, "fchmod"):
+        os.fchmod(temp_file.fileno(), mode)
+
+
 def _write_unnamed(fd: int, directory: str, filename: str, mode: int,
                    write: Callable[[IO[bytes]], None]) -> None:
     with os.fdopen(fd, "w+b") as temp_file:
-        write(temp_file)
-        temp_file.flush()
-        os.fsync(temp_file.fileno())
-        if hasattr(os, "fchmod"):
-            os.fchmod(temp_file.fileno(), mode)
+        _write_synced(temp_file, write, mode)
         dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
             temp_name = _link_unnamed(temp_file, dir_fd, filename)
@@ -143,12 +152,7 @@ def _write_named(path: str, directory: str, filename: str, mode: int,
         raise type(e)(e.errno, e.strerror, path) from None
     try:
         with os.fdopen(fd, "wb") as temp_file:
-            write(temp_file)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-            # mkstemp creates the file 0o600, which would make outputs unreadable to others.
-            if hasattr(os, "fchmod"):
-                os.fchmod(temp_file.fileno(), mode)
+            _write_synced(temp_file, write, mode)
         os.replace(temp_path, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -27,23 +27,14 @@ from typing import Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "bsi_worker.py")
+sys.path.insert(0, HERE)
+from bsi_worker import peak_rss_kb  # noqa: E402  (VmHWM of a worker, as it measures itself)
 
 # Peak memory allowed above the worker's own post-warm-up baseline: a fixed slack for
 # Hypothesis's bookkeeping and allocator noise, plus a multiple of the largest seed file
 # (a reader copying a file a few times is fine; one allocating what a header claims is not).
 RSS_SLACK_KB = 96 * 1024
 RSS_PER_FILE_BYTE = 32
-
-
-def _peak_rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def build_seeds(outdir: str) -> List[str]:
@@ -117,7 +108,7 @@ def run_worker(seed_files: List[str], cases: int, seed: int, workdir: str, timeo
             if pid:
                 break
             # The child's own high-water mark, read while it runs: still known if it dies.
-            polled_kb = max(polled_kb, _peak_rss_kb(proc.pid))
+            polled_kb = max(polled_kb, peak_rss_kb(proc.pid))
             if time.monotonic() - t0 > timeout:
                 timed_out = True
                 os.killpg(proc.pid, 9)
