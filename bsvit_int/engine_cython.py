@@ -83,13 +83,21 @@ class CythonRunner:
         # (e.g. the converter's in-memory transposes) are made contiguous, once.
         arrays = {name: np.ascontiguousarray(a) for name, a in tensors.items()}
         input_max = {layer.name: layer.input_max for layer in spec.layers(cfg)}
-        neighbours = spec.grid_neighbours(cfg)
-        ptr = np.zeros(cfg.num_tokens + 1, dtype=np.int32)
-        ptr[1:] = np.cumsum([len(n) for n in neighbours])
-        idx = np.array([j for n in neighbours for j in n], dtype=np.int32)
+        n = cfg.num_tokens
+        if cfg.adjacency_window is None:
+            # global attention: every token's window is the same list 0..N-1, stored once
+            start = np.zeros(n, dtype=np.int32)
+            count = np.full(n, n, dtype=np.int32)
+            idx = np.arange(n, dtype=np.int32)
+        else:
+            neighbours = spec.grid_neighbours(cfg)
+            count = np.array([len(w) for w in neighbours], dtype=np.int32)
+            start = np.zeros(n, dtype=np.int32)
+            start[1:] = np.cumsum(count)[:-1]
+            idx = np.array([j for w in neighbours for j in w], dtype=np.int32)
         self.config = cfg
-        self.network = k.Network(dims, arrays, dict(shifts), input_max, ptr, idx,
-                                 variant=variant)
+        self.network = k.Network(dims, arrays, dict(shifts), input_max, start, idx,
+                                 variant=variant, nbr_count=count)
         self.variant = self.network.variant
 
     def run(self, images: np.ndarray, record: Optional[dict] = None) -> np.ndarray:

@@ -32,13 +32,15 @@ cdef _set_linear(Linear* L, const int8_t[:, ::1] w, const int32_t[::1] b,
 cdef class Network:
     """A validated integer BSViT whose `run` is bit-exact with bsvit_int.oracle.run.
 
-    Network(config, tensors, shifts, input_max, nbr_ptr, nbr_idx):
+    Network(config, tensors, shifts, input_max, nbr_ptr, nbr_idx, nbr_count=None):
       config: dict of ints T, N, D, H, Dm, K, p, grid_w, img_h, img_w, chans, classes,
         depth, bmax, leak (-1 for integrate-and-fire);
       tensors: name -> array with the names, dtypes and shapes of spec.tensor_table
         (C-contiguous; read-only memory-mapped arrays are used in place, never copied);
       shifts / input_max: name -> int per weighted layer (spec.layers);
-      nbr_ptr, nbr_idx: int32 CSR window lists (spec.grid_neighbours);
+      nbr_ptr, nbr_idx: int32 CSR window lists (spec.grid_neighbours); or, with
+        nbr_count, token i's window is nbr_idx[nbr_ptr[i] : nbr_ptr[i] + nbr_count[i]]
+        (lists may overlap: a global window is one shared list of 0..N-1, O(N) memory);
       variant: the kernels build to run (None: default_variant()).
     The caller (bsvit_int.engine_cython) has already validated the model's values and
     bounds (bsvit_int.engine.validate_model); this class checks structure only.
@@ -51,7 +53,7 @@ cdef class Network:
     cdef readonly str variant
 
     def __init__(self, dict config, dict tensors, dict shifts, dict input_max,
-                 nbr_ptr, nbr_idx, variant=None):
+                 nbr_ptr, nbr_idx, variant=None, nbr_count=None):
         self.core = _core(variant)
         self.variant = (<bytes>self.core.variant).decode()
         self._pool = {}
@@ -93,14 +95,29 @@ cdef class Network:
         if K != c["p"] * c["p"] * c["chans"]:
             raise ValueError("K must be p*p*chans")
 
-        ptr = np.ascontiguousarray(nbr_ptr, dtype=np.int32)
         idx = np.ascontiguousarray(nbr_idx, dtype=np.int32)
-        _check_window(ptr, idx, N)
+        if nbr_count is None:
+            ptr = np.ascontiguousarray(nbr_ptr, dtype=np.int32)
+            _check_window(ptr, idx, N)
+            start = np.ascontiguousarray(ptr[:-1])
+            count = np.ascontiguousarray(np.diff(ptr).astype(np.int32))
+        else:
+            start = np.ascontiguousarray(nbr_ptr, dtype=np.int32)
+            count = np.ascontiguousarray(nbr_count, dtype=np.int32)
+            if start.shape != (N,) or count.shape != (N,) or (N and (
+                    start.min() < 0 or count.min() < 0
+                    or int((start.astype(np.int64) + count).max()) > idx.shape[0])):
+                raise ValueError("neighbours: start and count [N] must select ranges of idx")
+            if idx.size and (idx.min() < 0 or idx.max() >= N):
+                raise ValueError("a neighbour index is outside 0..N-1")
         if idx.size == 0:
             idx = np.zeros(1, dtype=np.int32)
-        keep += [ptr, idx]
-        cdef const int32_t[::1] pv = ptr, iv = idx
-        self.net.nbr_ptr = &pv[0]
+        if N == 0:
+            start = count = np.zeros(1, dtype=np.int32)
+        keep += [start, count, idx]
+        cdef const int32_t[::1] sv = start, cv = count, iv = idx
+        self.net.nbr_start = &sv[0]
+        self.net.nbr_count = &cv[0]
         self.net.nbr_idx = &iv[0]
 
         hw = np.zeros(H * sizeof(HeadWords), dtype=np.uint8)

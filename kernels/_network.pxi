@@ -38,8 +38,9 @@ cdef struct Net:
     int32_t dwords          # ceil(D / 64): words of a D-channel bitset, bytes Dp = 64·dwords
     int32_t mwords          # ceil(Dm / 64)
     int32_t kplanes         # bit-planes of a K burst count (bits of Bmax)
-    const int32_t* nbr_ptr  # [N + 1] CSR window lists (spec.grid_neighbours)
-    const int32_t* nbr_idx
+    const int32_t* nbr_start  # [N] token i's window is nbr_idx[nbr_start[i] ..
+    const int32_t* nbr_count  # [N]                          + nbr_count[i])
+    const int32_t* nbr_idx    # (a global window: one shared 0..N-1 list)
     HeadWords* heads        # [H]
     Linear embed
     Linear* lin             # [depth * 6]
@@ -206,7 +207,7 @@ cdef void _block_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t l,
     cdef const Linear* l2 = &net.lin[l * LIN_PER_BLOCK + LIN_FC2]
     cdef Py_ssize_t nw = net.dwords, dp = 64 * net.dwords, t, base
     cdef Py_ssize_t slot = 1 + REC_PER_BLOCK * l
-    cdef Py_ssize_t first = net.nbr_ptr[i], count = net.nbr_ptr[i + 1] - net.nbr_ptr[i]
+    cdef Py_ssize_t first = net.nbr_start[i], count = net.nbr_count[i]
     cdef Py_ssize_t half = (l & 1) * net.T * net.N * nw
     cdef uint8_t* x
     memset(sc.mem0, 0, net.D * sizeof(int32_t))

@@ -797,8 +797,7 @@ def _cython_loads() -> bool:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc (Linux)")
-@pytest.mark.parametrize("backend", ["numpy", pytest.param("cython", marks=pytest.mark.xfail(
-    strict=True, reason="the Cython runner expands the global window to N x N at load"))])
+@pytest.mark.parametrize("backend", ["numpy", "cython"])
 def test_a_small_global_attention_model_needs_little_memory(tmp_path, backend):
     if backend == "cython" and not _cython_loads():
         pytest.fail("compiled backend not built: nothing to measure")   # counts as xfail
