@@ -159,7 +159,7 @@ def convert(src, dst, *, report_path=None, eval_data: EvalData = "auto",
         "output": dst,
         "config": q.config.to_dict(),
         "layers": {k: {kk: v[kk] for kk in ("shift", "bound", "weight_rel_error",
-                                            "threshold_min") if kk in v}
+                                            "threshold_min", "coarse_channels") if kk in v}
                    for k, v in meta["layers"].items()},
     }
     evaluation = _resolve_eval(eval_data, ckpt)
@@ -194,6 +194,12 @@ def format_report(report: dict) -> str:
                      f"{'' if werr is None else f'{werr:.4f}':>7} "
                      f"{info.get('threshold_min', ''):>8} "
                      f"{'' if name not in agr else f'{agr[name]:.4f}':>9}")
+    for name, info in report["layers"].items():
+        ch = info.get("coarse_channels")
+        if ch:
+            shown = ", ".join(str(c) for c in ch[:8]) + (", ..." if len(ch) > 8 else "")
+            lines.append(f"{name}: {len(ch)} channel(s) with a coarser weight scale (their "
+                         f"bias or threshold needs it to fit int32): {shown}")
     if "float_accuracy" not in report and "evaluation_data" in report:
         lines.append(report["evaluation_data"])
     if "float_accuracy" in report:

@@ -94,6 +94,7 @@ def quantize_layer(name: str, w: np.ndarray, bias: np.ndarray, theta_f: np.ndarr
     """
     scale = np.max(np.abs(w), axis=1) / 127.0
     scale[scale == 0] = 1.0
+    scale, coarse = _coarsen(scale, w, bias, theta_f, xmax, spike_max, cfg)
     wq_t = round_half_away(w / scale[:, None]).T               # [in, out]
     best = None
     for m in range(spec.MAX_SHIFT + 1):
@@ -126,8 +127,45 @@ def quantize_layer(name: str, w: np.ndarray, bias: np.ndarray, theta_f: np.ndarr
             "weight_rel_error": float(err),
             "threshold_min": int(theta.min()),
             "threshold_max": int(theta.max()),
+            **({"coarse_channels": coarse} if coarse else {}),
         },
     }
+
+
+def _coarsen(scale: np.ndarray, w: np.ndarray, bias: np.ndarray, theta_f: np.ndarray,
+             xmax: int, spike_max: int, cfg: BSViTConfig):
+    """Per-channel scales no finer than int32 allows: (scale, indices of coarsened channels).
+
+    A channel whose weights are tiny next to its bias (a dead row under a BatchNorm bias)
+    or its threshold gets, from max|W|/127, a scale so fine that bias / scale or the
+    threshold leaves int32 even at shift 0. Such a channel (only such a channel: the others
+    keep max|W|/127) gets the finest scale at which its shift-0 bound stays within
+    2**30, half of int32, so that rounding cannot push it over: its integer weights then
+    use fewer than 127 levels (weight_rel_error reports what that costs), and its bias and
+    threshold keep their ratio, which is what decides such a channel's spikes.
+    Bound of channel o at shift 0 with scale s (|round(x)| <= |x| + 1/2; spec bounds):
+      T'·(xmax·Σ|w_o| + max|bias_o|) / s + T'·(xmax·cin + 1) / 2  and  spike_max·(θ_o/s + 1/2)
+    with T' = T (+1 for a leaky neuron).
+    """
+    t_eff = cfg.timesteps + (1 if cfg.leak_shift is not None else 0)
+    cin = w.shape[1]
+    wq0 = round_half_away(w / scale[:, None])
+    b0 = round_half_away(np.abs(bias) / scale)
+    cur0 = xmax * np.sum(np.abs(wq0), axis=1) + np.max(b0.reshape(-1, w.shape[0]), axis=0)
+    th0 = np.maximum(1.0, round_half_away(theta_f / scale))
+    over = (t_eff * cur0 > spec.INT32_MAX) | (spike_max * th0 > spec.INT32_MAX)
+    if not np.any(over):
+        return scale, []
+    limit = float(2**30)
+    slack = t_eff * 0.5 * (xmax * cin + 1)
+    if slack >= limit:                     # the weights alone: no scale helps (refused below)
+        return scale, []
+    need_b = t_eff * (xmax * np.sum(np.abs(w), axis=1)
+                      + np.max(np.abs(bias).reshape(-1, w.shape[0]), axis=0)) / (limit - slack)
+    need_t = spike_max * np.abs(theta_f) / (limit - 0.5 * spike_max)
+    coarse = np.maximum(scale, np.maximum(need_b, need_t))
+    out = np.where(over, coarse, scale)
+    return out, [int(i) for i in np.flatnonzero(over)]
 
 
 # -- the whole model ------------------------------------------------------------------------

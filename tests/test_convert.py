@@ -145,12 +145,56 @@ def test_pickled_code_never_runs(tmp_path):
 
 
 def test_bound_refused_not_wrapped(tmp_path):
-    """A BatchNorm that amplifies enormously needs a bias beyond int32: refused, named."""
+    """A head bias beyond int32 (no scale choice can help the head's one shared scale) is
+    refused, named."""
     torch.manual_seed(0)
     m = BSViT(TINY).eval()
     with torch.no_grad():
-        m.blocks[0].mlp.fc2.bn.bias.fill_(1e12)
-    _expect(tmp_path, m, r"layer 'blocks\.0\.mlp\.fc2': accumulator bound .* exceeds int32")
+        m.head.bias.fill_(1e12)
+    _expect(tmp_path, m, r"layer 'head': bias .* exceeds int32")
+
+
+@pytest.mark.parametrize("case", ["dead row", "huge batchnorm bias"])
+def test_channel_beyond_int32_gets_a_coarser_scale_and_stays_exact(tmp_path, case):
+    """A channel whose weights are tiny next to its bias (a dead row under a BatchNorm
+    bias) would need a bias beyond int32 at the scale max|W|/127. Only that channel gets a
+    coarser scale (the report lists it); the integer engine still equals the int64 model
+    exactly, and the channel fires as in the float model."""
+    from bsvit_int.converters.quantizer import integer_faithful
+    torch.manual_seed(0)
+    m = BSViT(TINY).eval()
+    fc1 = m.blocks[0].mlp.fc1
+    with torch.no_grad():
+        if case == "dead row":
+            fc1.linear.weight[1].fill_(1e-9)
+            fc1.bn.bias[1] = 3.0
+        else:
+            fc1.bn.bias[1] = 1e12
+    report = convert(_save(m, tmp_path / "m.pt"), tmp_path / "m.bsi", eval_data=None)
+    assert report["layers"]["blocks.0.mlp.fc1"]["coarse_channels"] == [1]
+    for name, meta in report["layers"].items():
+        if name != "blocks.0.mlp.fc1":
+            assert "coarse_channels" not in meta, name
+    from bsvit_int.converters.convert_model import format_report
+    assert "blocks.0.mlp.fc1: 1 channel(s) with a coarser weight scale" in format_report(report)
+
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, (5, 4, 6, 2), dtype=np.uint8)
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2)
+    rec_i, rec_f = {}, {}
+    with torch.no_grad():
+        logits_i = integer_faithful(m).integer_logits(x, rec_i).numpy()
+        m(x.float(), rec_f)
+    for backend in ("numpy", "cython"):
+        rec_e = {}
+        logits_e = bsvit_int.load(tmp_path / "m.bsi", backend=backend).predict(imgs, rec_e)
+        assert np.array_equal(logits_e, logits_i), backend
+        for name, spikes in rec_i.items():
+            assert np.array_equal(rec_e[name], spikes.numpy()), (backend, name)
+    ch = (slice(None), slice(None), slice(None), 1)
+    assert np.array_equal(rec_i["blocks.0.mlp.fc1"][ch].numpy(),
+                          rec_f["blocks.0.mlp.fc1"][ch].numpy())
+    assert rec_i["blocks.0.mlp.fc1"][ch].numpy().any()
 
 
 def test_engine_rejects_edited_model(tiny, tmp_path):
