@@ -138,8 +138,8 @@ def _coarsen(scale: np.ndarray, w: np.ndarray, bias: np.ndarray, theta_f: np.nda
 
     A channel whose weights are tiny next to its bias (a dead row under a BatchNorm bias)
     or its threshold gets, from max|W|/127, a scale so fine that bias / scale or the
-    threshold leaves int32 even at shift 0. Such a channel (only such a channel: the others
-    keep max|W|/127) gets the finest scale at which its shift-0 bound stays within
+    threshold leaves int32 even at shift 0, though its weights alone fit. Such a channel
+    (only such a channel: the others keep max|W|/127) gets the finest scale at which its shift-0 bound stays within
     2**30, half of int32, so that rounding cannot push it over: its integer weights then
     use fewer than 127 levels (weight_rel_error reports what that costs), and its bias and
     threshold keep their ratio, which is what decides such a channel's spikes.
@@ -153,12 +153,16 @@ def _coarsen(scale: np.ndarray, w: np.ndarray, bias: np.ndarray, theta_f: np.nda
     b0 = round_half_away(np.abs(bias) / scale)
     cur0 = xmax * np.sum(np.abs(wq0), axis=1) + np.max(b0.reshape(-1, w.shape[0]), axis=0)
     th0 = np.maximum(1.0, round_half_away(theta_f / scale))
-    over = (t_eff * cur0 > spec.INT32_MAX) | (spike_max * th0 > spec.INT32_MAX)
+    limit = float(2**30)
+    # Only where the bias or the threshold is the cause: a channel whose weights alone
+    # (127 levels) pass the limit is left as it is and refused below, naming the bound,
+    # rather than silently losing weight precision.
+    weights_fit = t_eff * xmax * np.sum(np.abs(wq0), axis=1) <= limit
+    over = weights_fit & ((t_eff * cur0 > spec.INT32_MAX) | (spike_max * th0 > spec.INT32_MAX))
     if not np.any(over):
         return scale, []
-    limit = float(2**30)
     slack = t_eff * 0.5 * (xmax * cin + 1)
-    if slack >= limit:                     # the weights alone: no scale helps (refused below)
+    if slack >= limit:                     # rounding alone could pass it: refused below
         return scale, []
     need_b = t_eff * (xmax * np.sum(np.abs(w), axis=1)
                       + np.max(np.abs(bias).reshape(-1, w.shape[0]), axis=0)) / (limit - slack)

@@ -98,9 +98,13 @@ def convert_or_refuse(model: BSViT, tmp_path):
 def run_without_wrap(path, cfg: BSViTConfig) -> np.ndarray:
     """Oracle logits on the worst-case images; OverflowError here is the bug."""
     model = bsvit_int.load(path, backend="numpy")
+    layers = model.metadata["layers"]
     for name, (dtype, _) in spec.tensor_table(cfg).items():
-        if dtype == np.int8:          # the premise: every weight quantized to +-127
-            assert np.all(np.abs(model.tensors[name].astype(np.int16)) == 127), name
+        if dtype == np.int8:          # the premise: every weight quantized to +-127, except
+            w = np.abs(model.tensors[name].astype(np.int16))   # in channels given a coarser
+            coarse = layers.get(name[:-len(".weight")], {}).get("coarse_channels", [])
+            keep = np.setdiff1d(np.arange(w.shape[1]), coarse)  # scale for a huge bias
+            assert np.all(w[:, keep] == 127), name
     images = worst_case_images(cfg)
     logits = model.predict(images)            # raises OverflowError if a bound was wrong
     assert logits.dtype == np.int32 and logits.shape == (len(images), cfg.num_classes)
@@ -124,6 +128,8 @@ CASES = {
         BSViTConfig(img_size=4, in_chans=3, patch_size=2, embed_dim=256, depth=1, num_heads=4,
                     mlp_ratio=4.0, burst_max=15, timesteps=8, num_classes=3,
                     adjacency_window=None), "mixed", 0.0, "accept"),
+    # A bias of 1e9 everywhere: the neuron layers' channels get coarser scales, but the
+    # head's bias (one scale for the whole head) cannot fit: refused, naming the head.
     "huge_bias_all_plus": (
         BSViTConfig(img_size=4, in_chans=1, patch_size=2, embed_dim=8, depth=1, num_heads=2,
                     burst_max=15, timesteps=4, num_classes=3), "+", 1e9, "refuse"),
