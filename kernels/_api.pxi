@@ -18,7 +18,7 @@ cnp.import_array()
 _INT32_MAX = 2**31 - 1
 
 VARIANTS = ("x86-64-v4", "x86-64-v3", "x86-64-v2", "baseline")      # best first
-_MODULES = {v: "bsvit_int._core_" + v.replace("-", "_") for v in VARIANTS[:-1]}
+_MODULES = {v: "bsvit_int._core_" + v.replace("-", "_") for v in VARIANTS[:len(VARIANTS) - 1]}
 _capsules = {"baseline": core_capsule()}
 _default = []
 
@@ -432,7 +432,7 @@ def neuron_steps(const int32_t[:, :, ::1] currents not None, const int32_t[::1] 
 def _check_window(nbr_ptr, nbr_idx, n):
     p = np.asarray(nbr_ptr)
     i = np.asarray(nbr_idx)
-    if p.shape != (n + 1,) or p[0] != 0 or np.any(np.diff(p) < 0) or p[-1] != i.shape[0]:
+    if p.shape != (n + 1,) or p[0] != 0 or np.any(np.diff(p) < 0) or p[n] != i.shape[0]:
         raise ValueError("neighbours must be CSR: ptr [N+1] from 0, increasing, to len(idx)")
     if i.size and (i.min() < 0 or i.max() >= n):
         raise ValueError("a neighbour index is outside 0..N-1")

@@ -99,7 +99,7 @@ cdef class Network:
         if nbr_count is None:
             ptr = np.ascontiguousarray(nbr_ptr, dtype=np.int32)
             _check_window(ptr, idx, N)
-            start = np.ascontiguousarray(ptr[:-1])
+            start = np.ascontiguousarray(ptr[:N])
             count = np.ascontiguousarray(np.diff(ptr).astype(np.int32))
         else:
             start = np.ascontiguousarray(nbr_ptr, dtype=np.int32)
