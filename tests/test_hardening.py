@@ -4,8 +4,8 @@
   the real writer, every CRC correct) but whose model is not. It complements the
   container-level matrix in tests/test_container.py; each case must raise BsiFormatError
   with a message naming the field or tensor.
-* Known gaps in files this suite does not own (config.py, engine.py, api.py) are strict
-  xfails: they fail loudly once fixed, so the marker is removed with the fix.
+* Known gaps, when there are any, are strict xfails: they fail loudly once fixed, so the
+  marker is removed with the fix (none are open now).
 * Hostile checkpoints beyond tests/test_convert.py: code-running pickles in every format
   torch reads (the marker file must never appear), zip bombs, sparse/complex/bool
   tensors, configs that claim huge sizes.
@@ -279,8 +279,7 @@ def test_model_level_corruption_is_refused(tiny_parts, tmp_path, edit, message):
     assert message in str(excinfo.value)
 
 
-# Values the engine accepts but should refuse. Each is a bug in a file this suite does not
-# own; the xfail is strict, so fixing the bug makes the test fail until its marker goes.
+# Metadata values the engine must refuse, each with the message that names it.
 METADATA_CASES = [
     ("opset_true", _meta(("opset",), True), "metadata.opset is True"),
     ("logit_scale_huge_int", _meta(("logit_scale",), 10**30), "metadata.logit_scale is"),
@@ -800,7 +799,7 @@ def _cython_loads() -> bool:
 @pytest.mark.parametrize("backend", ["numpy", "cython"])
 def test_a_small_global_attention_model_needs_little_memory(tmp_path, backend):
     if backend == "cython" and not _cython_loads():
-        pytest.fail("compiled backend not built: nothing to measure")   # counts as xfail
+        pytest.fail("compiled backend not built: nothing to measure")
     r = subprocess.run([sys.executable, "-c", GLOBAL_ATTENTION_PROBE, str(tmp_path / "g.bsi"),
                         backend], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
