@@ -245,7 +245,8 @@ def test_neuron_validates():
 @SETTINGS
 @given(seed=st.integers(0, 2**32 - 1), gh=st.integers(1, 5), gw=st.integers(1, 5),
        window=st.sampled_from([1, 3, 5, 7, 11, None]), heads=st.integers(1, 4),
-       dh=st.sampled_from([1, 3, 16, 31, 32, 33, 48, 64, 70, 128]), bmax=st.sampled_from([1, 4, 15]),
+       dh=st.sampled_from([1, 3, 16, 31, 32, 33, 48, 64, 70, 128, 192, 256]),
+       bmax=st.sampled_from([1, 4, 15]),
        fill=fills, threads=st.sampled_from([1, 2]))
 def test_dbssa_equals_oracle_attention(seed, gh, gw, window, heads, dh, bmax, fill, threads):
     rng = rng_of(seed)
