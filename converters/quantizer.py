@@ -139,10 +139,11 @@ def _coarsen(scale: np.ndarray, w: np.ndarray, bias: np.ndarray, theta_f: np.nda
     A channel whose weights are tiny next to its bias (a dead row under a BatchNorm bias)
     or its threshold gets, from max|W|/127, a scale so fine that bias / scale or the
     threshold leaves int32 even at shift 0, though its weights alone fit. Such a channel
-    (only such a channel: the others keep max|W|/127) gets the finest scale at which its shift-0 bound stays within
-    2**30, half of int32, so that rounding cannot push it over: its integer weights then
-    use fewer than 127 levels (weight_rel_error reports what that costs), and its bias and
-    threshold keep their ratio, which is what decides such a channel's spikes.
+    (only such a channel: the others keep max|W|/127) gets the finest scale at which its
+    shift-0 bound stays within 2**30, half of int32, so that rounding cannot push it
+    over: its integer weights then use fewer than 127 levels (weight_rel_error reports
+    what that costs), and its bias and threshold keep their ratio, which is what decides
+    such a channel's spikes.
     Bound of channel o at shift 0 with scale s (|round(x)| <= |x| + 1/2; spec bounds):
       T'·(xmax·Σ|w_o| + max|bias_o|) / s + T'·(xmax·cin + 1) / 2  and  spike_max·(θ_o/s + 1/2)
     with T' = T (+1 for a leaky neuron).
