@@ -248,6 +248,28 @@ def test_digits_spikes_of_every_layer_are_exact(host_trace, digits, heldout, tmp
     check_model(host_trace, digits, heldout[::18], tmp_path / "fw", name="digits")
 
 
+def test_a_converted_model_at_the_int32_edge_is_exact(host_trace, tmp_path):
+    """A dead fc1 row under a large BatchNorm bias: the converter gives that channel a
+    coarser scale and its layer a bound a few units below 2**31 - 1; the C runtime still
+    equals the oracle in every layer's spikes."""
+    import torch
+    from bsvit_int.converters import BSViT, BSViTConfig, convert
+    cfg = BSViTConfig(img_size=(4, 6), in_chans=2, patch_size=2, embed_dim=8, depth=1,
+                      num_heads=2, mlp_ratio=1.0, adjacency_window=3, burst_max=2,
+                      timesteps=2, num_classes=3)
+    torch.manual_seed(0)
+    m = BSViT(cfg).eval()
+    with torch.no_grad():
+        m.blocks[0].mlp.fc1.linear.weight[1].fill_(1e-9)
+        m.blocks[0].mlp.fc1.bn.bias[1] = 3.0
+    m.save(tmp_path / "m.pt")
+    report = convert(tmp_path / "m.pt", tmp_path / "m.bsi", eval_data=None)
+    fc1 = report["layers"]["blocks.0.mlp.fc1"]
+    assert fc1["coarse_channels"] == [1] and fc1["bound"] > 2**31 - 2**20
+    images = np.random.default_rng(2).integers(0, 256, (6, 4, 6, 2), dtype=np.uint8)
+    check_model(host_trace, tmp_path / "m.bsi", images, tmp_path / "fw")
+
+
 @st.composite
 def integer_cases(draw):
     cfg = draw(configs())
