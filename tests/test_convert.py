@@ -154,7 +154,7 @@ def test_bound_refused_not_wrapped(tmp_path):
     _expect(tmp_path, m, r"layer 'head': bias .* exceeds int32")
 
 
-@pytest.mark.parametrize("case", ["dead row", "huge batchnorm bias"])
+@pytest.mark.parametrize("case", ["dead row", "huge batchnorm bias", "dead embedding row"])
 def test_channel_beyond_int32_gets_a_coarser_scale_and_stays_exact(tmp_path, case):
     """A channel whose weights are tiny next to its bias (a dead row under a BatchNorm
     bias) would need a bias beyond int32 at the scale max|W|/127. Only that channel gets a
@@ -164,19 +164,23 @@ def test_channel_beyond_int32_gets_a_coarser_scale_and_stays_exact(tmp_path, cas
     torch.manual_seed(0)
     m = BSViT(TINY).eval()
     fc1 = m.blocks[0].mlp.fc1
+    layer = "embed" if case == "dead embedding row" else "blocks.0.mlp.fc1"
     with torch.no_grad():
         if case == "dead row":
             fc1.linear.weight[1].fill_(1e-9)
             fc1.bn.bias[1] = 3.0
-        else:
+        elif case == "huge batchnorm bias":
             fc1.bn.bias[1] = 1e12
+        else:                              # the embedding: bias per token and channel
+            m.embed.proj.weight[1].fill_(1e-9)
+            m.embed.bn.bias[1] = 3.0
     report = convert(_save(m, tmp_path / "m.pt"), tmp_path / "m.bsi", eval_data=None)
-    assert report["layers"]["blocks.0.mlp.fc1"]["coarse_channels"] == [1]
+    assert report["layers"][layer]["coarse_channels"] == [1]
     for name, meta in report["layers"].items():
-        if name != "blocks.0.mlp.fc1":
+        if name != layer:
             assert "coarse_channels" not in meta, name
     from bsvit_int.converters.convert_model import format_report
-    assert "blocks.0.mlp.fc1: 1 channel(s) with a coarser weight scale" in format_report(report)
+    assert f"{layer}: 1 channel(s) with a coarser weight scale" in format_report(report)
 
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 256, (5, 4, 6, 2), dtype=np.uint8)
@@ -192,9 +196,8 @@ def test_channel_beyond_int32_gets_a_coarser_scale_and_stays_exact(tmp_path, cas
         for name, spikes in rec_i.items():
             assert np.array_equal(rec_e[name], spikes.numpy()), (backend, name)
     ch = (slice(None), slice(None), slice(None), 1)
-    assert np.array_equal(rec_i["blocks.0.mlp.fc1"][ch].numpy(),
-                          rec_f["blocks.0.mlp.fc1"][ch].numpy())
-    assert rec_i["blocks.0.mlp.fc1"][ch].numpy().any()
+    assert np.array_equal(rec_i[layer][ch].numpy(), rec_f[layer][ch].numpy())
+    assert rec_i[layer][ch].numpy().any()
 
 
 def test_engine_rejects_edited_model(tiny, tmp_path):

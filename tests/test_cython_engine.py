@@ -166,6 +166,37 @@ def test_load_cython_api(digits_bsi, digits_test_images):
     assert m.predict(np.zeros((0, 8, 8, 1), np.uint8)).shape == (0, 10)
 
 
+def test_window_ranges_are_checked_and_equal_csr(digits_bsi, digits_test_images):
+    """Network takes windows as CSR or as (start, count) ranges over one index list (how a
+    global window is stored once); both give the same logits, and ranges that leave the
+    list or name a token outside 0..N-1 are refused."""
+    from bsvit_int import spec
+    m = bsvit_int.load(digits_bsi, backend="cython")
+    r = m._runner
+    cfg = r.config
+    nb = spec.grid_neighbours(cfg)
+    n = cfg.num_tokens
+    count = np.array([len(w) for w in nb], np.int32)
+    ptr = np.concatenate([[0], np.cumsum(count)]).astype(np.int32)
+    idx = np.array([j for w in nb for j in w], np.int32)
+    k = engine_cython.require_kernels()
+    dims, arrays = r.network.dims, {k2: np.ascontiguousarray(v) for k2, v in m.tensors.items()}
+    input_max = {layer.name: layer.input_max for layer in spec.layers(cfg)}
+    csr = k.Network(dims, arrays, dict(m._shifts), input_max, ptr, idx)
+    ranges = k.Network(dims, arrays, dict(m._shifts), input_max, ptr[:n], idx,
+                       nbr_count=count)
+    x = digits_test_images[:16]
+    assert np.array_equal(csr.run(x), ranges.run(x))
+    assert np.array_equal(csr.run(x), m.predict(x))
+    bad = [(ptr[:n] + 1, count), (ptr[:n], count[:-1]), (-ptr[:n] - 1, count)]
+    for start, cnt in bad:
+        with pytest.raises(ValueError, match="neighbours"):
+            k.Network(dims, arrays, dict(m._shifts), input_max, start, idx, nbr_count=cnt)
+    with pytest.raises(ValueError, match="outside 0..N-1"):
+        k.Network(dims, arrays, dict(m._shifts), input_max, ptr[:n], idx + n,
+                  nbr_count=count)
+
+
 def test_one_model_from_many_threads(digits_bsi, digits_test_images):
     m = bsvit_int.load(digits_bsi, backend="cython", threads=2)
     x = digits_test_images[:32]
