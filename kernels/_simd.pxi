@@ -387,13 +387,6 @@ cdef extern from *:
         bsv_accumulate_rows_i16_scalar(acc, w, cout, rows, nrows, c0, shift, store, negate);
     }
 
-    /* DBSSA for one query token i and one step, when every head is a whole number of
-       16-channel groups inside 64-bit words or of whole words (dh % 16 == 0 and dh
-       divides 64 or is a multiple of 64), with AVX-512: the V bitsets are used directly
-       as lane masks of masked adds and subtracts, 16 channels at a time, with no branch
-       per head or per spike. S (scratch, [heads]) receives each neighbour's scores.
-       Returns 0 (and does nothing) where this path does not apply; the caller then runs
-       the portable sparse loop, which the tests hold to the same oracle. */
     #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
     /* Scores of one neighbour for 16 consecutive 16-channel groups (words 4c .. 4c+3 of
        the bitsets), as 16 int32 lanes: lane g holds the score of the head that group g
@@ -427,7 +420,26 @@ cdef extern from *:
                 _mm512_xor_si512(iota, _mm512_set1_epi32((int)s)), p));
         return p;
     }
+
+    /* o[16G .. 16G+15] += s where V = +1 and -= s where V = -1 (V's bits of that group). */
+    static inline void bsv_signed_group_add(int32_t *o, ptrdiff_t G, __m512i s,
+                                            const uint64_t *vp, const uint64_t *vn) {
+        const __mmask16 kp = (__mmask16)(vp[G >> 2] >> (16 * (G & 3)));
+        const __mmask16 kn = (__mmask16)(vn[G >> 2] >> (16 * (G & 3)));
+        __m512i acc = _mm512_loadu_si512((const void *)(o + 16 * G));
+        acc = _mm512_mask_add_epi32(acc, kp, acc, s);
+        acc = _mm512_mask_sub_epi32(acc, kn, acc, s);
+        _mm512_storeu_si512((void *)(o + 16 * G), acc);
+    }
     #endif
+
+    /* DBSSA for one query token i and one step, when every head is a whole number of
+       16-channel groups inside 64-bit words or of whole words (dh % 16 == 0 and dh
+       divides 64 or is a multiple of 64), with AVX-512: the V bitsets are used directly
+       as lane masks of masked adds and subtracts, 16 channels at a time, with no branch
+       per head or per spike. S (scratch, [heads]) receives each neighbour's scores.
+       Returns 0 (and does nothing) where this path does not apply; the caller then runs
+       the portable sparse loop, which the tests hold to the same oracle. */
 
     static int bsv_dbssa_token_avx512(int32_t *o, ptrdiff_t d, const uint64_t *q,
                                       const uint64_t *k_planes, const uint64_t *v_pos,
@@ -478,16 +490,9 @@ cdef extern from *:
                 for (ptrdiff_t c = 0; 16 * c < groups; c++) {
                     const __m512i p = bsv_group_scores16(q, kj, nplanes, nwords, c, dh);
                     const ptrdiff_t gn = groups - 16 * c < 16 ? groups - 16 * c : 16;
-                    for (ptrdiff_t g = 0; g < gn; g++) {
-                        const ptrdiff_t G = 16 * c + g;
-                        const __m512i s = _mm512_permutexvar_epi32(_mm512_set1_epi32((int)g), p);
-                        const __mmask16 kp = (__mmask16)(vp[G >> 2] >> (16 * (G & 3)));
-                        const __mmask16 kn = (__mmask16)(vn[G >> 2] >> (16 * (G & 3)));
-                        __m512i acc = _mm512_loadu_si512((const void *)(o + 16 * G));
-                        acc = _mm512_mask_add_epi32(acc, kp, acc, s);
-                        acc = _mm512_mask_sub_epi32(acc, kn, acc, s);
-                        _mm512_storeu_si512((void *)(o + 16 * G), acc);
-                    }
+                    for (ptrdiff_t g = 0; g < gn; g++)
+                        bsv_signed_group_add(o, 16 * c + g, _mm512_permutexvar_epi32(
+                                                 _mm512_set1_epi32((int)g), p), vp, vn);
                 }
                 continue;
             }
@@ -500,19 +505,13 @@ cdef extern from *:
                         S[(64 * w) / dh] += __builtin_popcountll(x) << b;
                     } else {
                         for (ptrdiff_t g = 0; g < per_word; g++)
-                            S[w * per_word + g] += __builtin_popcountll((x >> (g * dh)) & head_bits) << b;
+                            S[w * per_word + g] +=
+                                __builtin_popcountll((x >> (g * dh)) & head_bits) << b;
                     }
                 }
             }
-            for (ptrdiff_t g = 0; g < groups; g++) {
-                const __m512i s = _mm512_set1_epi32(S[(16 * g) / dh]);
-                const __mmask16 kp = (__mmask16)(vp[g >> 2] >> (16 * (g & 3)));
-                const __mmask16 kn = (__mmask16)(vn[g >> 2] >> (16 * (g & 3)));
-                __m512i acc = _mm512_loadu_si512((const void *)(o + 16 * g));
-                acc = _mm512_mask_add_epi32(acc, kp, acc, s);
-                acc = _mm512_mask_sub_epi32(acc, kn, acc, s);
-                _mm512_storeu_si512((void *)(o + 16 * g), acc);
-            }
+            for (ptrdiff_t g = 0; g < groups; g++)
+                bsv_signed_group_add(o, g, _mm512_set1_epi32(S[(16 * g) / dh]), vp, vn);
         }
         return 1;
     #else
