@@ -68,6 +68,7 @@ EMULATED_COST = HERE / "emulated_cost.py"
 REQUIREMENTS = HERE / "requirements.txt"
 
 CPU = "cortex-a72"                   # Raspberry Pi 4 (BCM2711); qemu rejects A76-only insns
+CPUS = {"cortex-a72": "Raspberry Pi 4", "cortex-a76": "Raspberry Pi 5"}    # --cpu choices
 CROSS_CC = "aarch64-linux-gnu-gcc"
 QEMU = "qemu-aarch64"
 SUITE = "bookworm"                   # Debian 12 = Raspberry Pi OS bookworm: Python 3.11.2
@@ -1066,13 +1067,24 @@ def main(argv=None) -> int:
     ap.add_argument("--no-kernels", action="store_true",
                     help="skip the kernels build and the parity run")
     ap.add_argument("--json", type=Path, help="write the results as JSON")
+    ap.add_argument("--cpu", choices=sorted(CPUS), default="cortex-a72",
+                    help="the core qemu-aarch64 emulates: cortex-a72 (Raspberry Pi 4, the "
+                         "default) or cortex-a76 (Raspberry Pi 5). The binaries are the "
+                         "same (built for the A72); `count` projects a Pi 4 and runs with "
+                         "cortex-a72 only")
     args = ap.parse_args(argv)
+    global CPU
+    CPU = args.cpu
+    if CPU != "cortex-a72" and args.step == "count":
+        ap.error("count projects a Raspberry Pi 4: run it with --cpu cortex-a72")
     work = args.work or Path(tempfile.mkdtemp(prefix="bsvit-aarch64-"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"cpu": CPU, "assumptions": {"clock_GHz": [PI4_GHZ, PI4_GHZ_LATER],
                                                  "ipc": IPC, "ipc_range": IPC_RANGE}}
     steps = ("stage", "firmware", "count", "engine", "kernels", "parity") \
         if args.step == "all" else (args.step,)
+    if CPU != "cortex-a72":            # the Pi 4 projection does not describe another core
+        steps = tuple(st for st in steps if st != "count")
     t_all = time.time()
     try:
         require_tools()

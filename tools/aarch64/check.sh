@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The aarch64 (Raspberry Pi 4) check in one command; docs/raspberry-pi.md explains it.
 #
-#   tools/aarch64/check.sh [--quick] [--json out.json] [--work DIR]
+#   tools/aarch64/check.sh [--quick] [--json out.json] [--work DIR] [--cpu cortex-a76]
 #
 # Stages an aarch64 Python 3.11 + NumPy sysroot (cached in ~/.cache/bsvit-int/aarch64, or
 # $BSVIT_AARCH64_CACHE), cross-builds the C runtime and the Cython kernels, and runs them
