@@ -1,7 +1,8 @@
 """The engine on the Raspberry Pi's architecture (aarch64), under emulation (marker aarch64).
 
 A reduced but real subset of `tools/aarch64/check.sh` (docs/raspberry-pi.md), run under
-`qemu-aarch64 -cpu cortex-a72` (a Raspberry Pi 4's core; QEMU refuses instructions it lacks):
+`qemu-aarch64 -cpu cortex-a72` (a Raspberry Pi 4's core; QEMU refuses instructions it lacks;
+the C runtime also on `cortex-a76`, a Pi 5's core):
 
 * the C99 runtime and host harness cross-compiled with aarch64-linux-gnu-gcc -std=c99 -O2
   (strict warnings as errors): 120 held-out digits exact, every layer's spikes exact on a
@@ -72,6 +73,17 @@ def test_c_runtime_on_cortex_a72_equals_the_oracle(a64, work):
     assert [m["model"] for m in r["models"]] == ["digits", "digits_trace", "rand0", "rand1"]
     assert all(m["mismatches"] == 0 for m in r["models"]), r["models"]
     assert r["models"][0]["images"] == 120 and r["models"][1]["spikes_compared"]
+
+
+def test_c_runtime_on_cortex_a76_equals_the_oracle(a64, tmp_path, monkeypatch):
+    """The same binaries on a Raspberry Pi 5's core (check.py --cpu cortex-a76)."""
+    monkeypatch.setattr(a64, "CPU", "cortex-a76")
+    r = a64.firmware(tmp_path, images=20, random_models=1)
+    assert r["cpu"] == "cortex-a76"
+    assert all(m["mismatches"] == 0 for m in r["models"]), r["models"]
+    with pytest.raises(SystemExit) as e:          # the Pi 4 projection refuses another core
+        a64.main(["count", "--cpu", "cortex-a76"])
+    assert e.value.code == 2
 
 
 def test_the_float_check_finds_float_arithmetic(a64, tmp_path):
