@@ -26,8 +26,8 @@ from bsvit_int.firmware_cli import main as cli_main
 from strategies import case_params, configs
 from test_firmware_support import (CC, RUNTIME, SANITIZE, STATUS_EXIT_BASE, STRICT,
                                    HostBuild, assert_same_as_oracle, digits_bsi,
-                                   parse_output, random_integer_model, require_tools, run,
-                                   run_harness, write_integer_model)
+                                   integer_model_images, parse_output, random_integer_model,
+                                   require_tools, run, run_harness, write_integer_model)
 
 SMALL = BSViTConfig(img_size=(6, 4), in_chans=2, patch_size=2, embed_dim=6, depth=1,
                     num_heads=2, mlp_ratio=1.5, adjacency_window=3, burst_max=3,
@@ -281,16 +281,6 @@ def integer_cases(draw):
     return cfg, weight_max, theta_scale, seed, kind, batch
 
 
-def _images(cfg, batch, seed, kind):
-    rng = np.random.default_rng(seed)
-    shape = (batch, cfg.height, cfg.width, cfg.in_chans)
-    if kind == "extremes":
-        return (rng.integers(0, 2, shape) * 255).astype(np.uint8)
-    if kind == "constant":
-        return np.broadcast_to(rng.integers(0, 256, (batch, 1, 1, 1)), shape).astype(np.uint8)
-    return rng.integers(0, 256, shape, dtype=np.uint8)
-
-
 @given(case=integer_cases())
 @settings(max_examples=25, deadline=None, suppress_health_check=SLOW_FIXTURES)
 def test_random_integer_models_are_exact(host_trace, tmp_path_factory, case):
@@ -303,7 +293,7 @@ def test_random_integer_models_are_exact(host_trace, tmp_path_factory, case):
         assume(False)
     tmp = tmp_path_factory.mktemp("int")
     bsi = write_integer_model(tmp / "m.bsi", cfg, tensors, shifts)
-    check_model(host_trace, bsi, _images(cfg, batch, seed, kind), tmp / "fw")
+    check_model(host_trace, bsi, integer_model_images(cfg, batch, seed, kind), tmp / "fw")
 
 
 @given(params=case_params())
@@ -368,7 +358,8 @@ def test_sanitizers_random_models(sanitized, tmp_path, seed, leak, window, depth
                       burst_max=15 // (2 * depth + 1), timesteps=5, num_classes=4,
                       leak_shift=leak)
     bsi = small_model(tmp_path, cfg, seed, weight_max=40, theta_scale=0.2)
-    check_model(sanitized, bsi, _images(cfg, 3, seed, "uniform"), tmp_path / "fw")
+    check_model(sanitized, bsi, integer_model_images(cfg, 3, seed, "uniform"),
+                tmp_path / "fw")
 
 
 @pytest.mark.parametrize("missing", [1, 4, 64])

@@ -134,6 +134,18 @@ def assert_same_as_oracle(cfg: BSViTConfig, record: dict, want_logits: np.ndarra
 
 # --------------------------------------------------------------------------- integer models
 
+def integer_model_images(cfg: BSViTConfig, batch: int, seed: int, kind: str) -> np.ndarray:
+    """uint8 images [batch, H, W, C] for the random integer models: "uniform" pixels,
+    "extremes" (0 or 255 only) or "constant" (one value per image)."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, cfg.height, cfg.width, cfg.in_chans)
+    if kind == "extremes":
+        return (rng.integers(0, 2, shape) * 255).astype(np.uint8)
+    if kind == "constant":
+        return np.broadcast_to(rng.integers(0, 256, (batch, 1, 1, 1)), shape).astype(np.uint8)
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
 def random_integer_model(cfg: BSViTConfig, seed: int, weight_max: int = 127,
                          theta_scale: float = 1.0, max_shift: int = 2
                          ) -> Tuple[Dict[str, np.ndarray], Dict[str, int]]:

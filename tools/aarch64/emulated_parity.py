@@ -158,21 +158,12 @@ def integer_cases(draw):
             draw(st.integers(1, 3)))
 
 
-def _images(cfg, batch, seed, kind):
-    rng = np.random.default_rng(seed)
-    shape = (batch, cfg.height, cfg.width, cfg.in_chans)
-    if kind == "extremes":
-        return (rng.integers(0, 2, shape) * 255).astype(np.uint8)
-    if kind == "constant":
-        return np.broadcast_to(rng.integers(0, 256, (batch, 1, 1, 1)), shape).astype(np.uint8)
-    return rng.integers(0, 256, shape, dtype=np.uint8)
-
-
 @given(case=integer_cases())
 @settings(max_examples=EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 def test_random_integer_models_cython_equals_oracle(tmp_path_factory, case):
-    from test_firmware_support import random_integer_model, write_integer_model
+    from test_firmware_support import (integer_model_images, random_integer_model,
+                                       write_integer_model)
     kernels()
     cfg, weight_max, theta_scale, seed, kind, batch = case
     try:
@@ -180,7 +171,7 @@ def test_random_integer_models_cython_equals_oracle(tmp_path_factory, case):
     except ValueError:                       # a bound failed: not a valid model
         assume(False)
     bsi = write_integer_model(tmp_path_factory.mktemp("m") / "m.bsi", cfg, tensors, shifts)
-    images = np.ascontiguousarray(_images(cfg, batch, seed, kind))
+    images = np.ascontiguousarray(integer_model_images(cfg, batch, seed, kind))
     want_rec: dict = {}
     want = bsvit_int.load(bsi, backend="numpy").predict(images, want_rec)
     for threads in (1, 2):
