@@ -227,6 +227,7 @@ cdef class Network:
         cdef uint8_t[::1] xv = ws[0]
         cdef uint64_t[::1] qv = ws[1], kv = ws[2], vpv = ws[3], vnv = ws[4]
         cdef uint8_t[::1] scv = ws[6]
+        cdef uint8_t[::1] hv = ws[7]
         cdef Scratch* scs = <Scratch*>&scv[0]
         cdef Shared sh
         sh.X = &xv[0]
@@ -234,11 +235,12 @@ cdef class Network:
         sh.Kb = &kv[0]
         sh.Vp = &vpv[0]
         sh.Vn = &vnv[0]
+        sh.H = &hv[0]
         sh.rec = <int8_t**>&rpv[0] if record is not None else NULL
 
-        # One thread: a pass per layer group keeps each pass's weights in cache (measured
-        # 3-7 % faster); several threads: fold block l+1's Q/K/V into block l's pass, one
-        # barrier less per block (measured 15-20 % faster with 2 threads on shared cores).
+        # One thread: a pass per layer or two keeps each pass's weights in cache (see
+        # _network.pxi); several threads: one pass per block, block l+1's Q/K/V folded in,
+        # fewer barriers (measured 15-20 % faster with 2 threads on shared cores).
         cdef int fuse = 1 if nthreads > 1 else 0
         try:
             with nogil:
@@ -254,7 +256,7 @@ cdef class Network:
         return logits
 
     def _workspace(self, int nthreads):
-        """(X, Qb, Kb, Vp, Vn, scratch, scratch structs) for one call with nthreads."""
+        """(X, Qb, Kb, Vp, Vn, scratch, scratch structs, H) for one call with nthreads."""
         cdef Net* net = &self.net
         cdef Py_ssize_t T = net.T, N = net.N
         dp = 64 * net.dwords
@@ -270,10 +272,10 @@ cdef class Network:
         stride = max(dp, dmp, net.D) + 16      # plane lists: 16 entries of store slack
         fields = [("acc", 4 * acc_n), ("cur", 4 * dp), ("mem0", 4 * dp), ("mem1", 4 * dp),
                   ("mem2", 4 * dp), ("mem3", 4 * dmp), ("o", 4 * dp), ("sbuf", dp),
-                  ("abuf", dp), ("hbuf", dmp), ("pix", 64 * ((net.K + 63) // 64)),
+                  ("abuf", dp), ("pix", 64 * ((net.K + 63) // 64)),
                   ("lists", 4 * 8 * stride), ("zeros", 4 * dp), ("accq", 4 * dp),
                   ("acck", 4 * dp), ("accv", 4 * dp), ("acc1", 4 * dmp), ("dpos", dp),
-                  ("dneg", dp), ("prev1", dp)]
+                  ("dneg", dp)]
         per = sum(size for _, size in fields) + 64 * (len(fields) + 1)
         scratch = np.zeros(nthreads * per, dtype=np.uint8)
         scs_buf = np.zeros(nthreads * sizeof(Scratch), dtype=np.uint8)
@@ -299,7 +301,6 @@ cdef class Network:
             scs[t].o = <int32_t*><uintptr_t>at["o"]
             scs[t].sbuf = <uint8_t*><uintptr_t>at["sbuf"]
             scs[t].abuf = <uint8_t*><uintptr_t>at["abuf"]
-            scs[t].hbuf = <uint8_t*><uintptr_t>at["hbuf"]
             scs[t].pix = <uint8_t*><uintptr_t>at["pix"]
             scs[t].lists = <int32_t*><uintptr_t>at["lists"]
             scs[t].zeros = <int32_t*><uintptr_t>at["zeros"]
@@ -309,6 +310,6 @@ cdef class Network:
             scs[t].acc1 = <int32_t*><uintptr_t>at["acc1"]
             scs[t].dpos = <uint8_t*><uintptr_t>at["dpos"]
             scs[t].dneg = <uint8_t*><uintptr_t>at["dneg"]
-            scs[t].prev1 = <uint8_t*><uintptr_t>at["prev1"]
             scs[t].stride = stride
-        return (X, Qb, Kb, Vp, Vn, scratch, scs_buf)
+        H = np.zeros(T * N * dmp, dtype=np.uint8)     # MLP hidden spikes, one block
+        return (X, Qb, Kb, Vp, Vn, scratch, scs_buf, H)

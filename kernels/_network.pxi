@@ -1,14 +1,19 @@
 # The whole-model engine: docs/integer-spec.md op by op, token by token, in nogil C.
 #
 # One image runs as passes over the tokens: the patch embedding and block 0's Q/K/V; then
-# per block l: attention, out-projection and MLP; then block l+1's Q/K/V (folded into the
-# previous pass when several threads run: fewer barriers). Inside a pass every token is
-# independent: attention reads only Q/K/V bitsets written by an earlier pass, and block
-# l+1's Q/K/V go to the other half of a double buffer (block parity), so a pass is an
-# OpenMP `prange` over tokens with one scratch area per thread, and every thread count and
-# schedule computes the same integers. Within a token the time steps run in order, each
-# layer keeping its own membrane: by spec op 4 that equals running layer after layer over
-# all steps.
+# per block l: attention and out-projection; fc1 (hidden spikes to Shared.H); fc2; then
+# block l+1's Q/K/V. With one thread each pass touches one or two layers' weights (at most
+# 256 KB on the benchmark model), which stay in L2 from one token to the next: splitting
+# the block's single pass (576 KB of weights) into three measured 4-5 % less time. With
+# several threads a block is one pass (attention to fc2, then block l+1's Q/K/V): fewer
+# barriers. Inside a pass every token is independent: attention reads only Q/K/V bitsets
+# written by an earlier pass, block l+1's Q/K/V go to the other half of a double buffer
+# (block parity), and a token's later layers read only what its earlier ones wrote (the
+# residual stream X[t, i], its hidden spikes H[t, i]), so a pass is an OpenMP `prange`
+# over tokens with one scratch area per thread, and every thread count and schedule
+# computes the same integers. Within a token the time steps run in order, each layer
+# keeping its own membrane: by spec op 4 that equals running layer after layer over all
+# steps, and it is also why a layer may run for all steps before the next one starts.
 
 from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy
@@ -66,10 +71,8 @@ cdef struct Scratch:        # one per thread, allocated (zeroed) per run, never 
     int32_t* acc1           # [Dmp] fc1
     uint8_t* dpos           # [Dp] max(x_t - x_t-1, 0)
     uint8_t* dneg           # [Dp] max(x_t-1 - x_t, 0)
-    uint8_t* prev1          # [Dp] fc1's input at the previous step
     uint8_t* sbuf           # [Dp] spikes of a D-wide layer (zero padding)
     uint8_t* abuf           # [Dp] attention-neuron spikes
-    uint8_t* hbuf           # [Dmp] MLP hidden spikes
     uint8_t* pix            # [K] one patch of raw pixels
     int32_t* lists          # [MAX_PLANES * stride] plane lists
     Py_ssize_t stride
@@ -84,6 +87,7 @@ cdef struct Shared:         # one image's state, written pass by pass
     uint64_t* Vn            # [2][T, N, dwords] V == -1
     int8_t** rec            # [1 + 7·depth] record arrays [T, N, C] of this image, or NULL
     int32_t* logits         # [classes]
+    uint8_t* H              # [T, N, Dmp] MLP hidden spikes of the current block
 
 
 cdef inline void _record(int8_t* rec, const uint8_t* s, Py_ssize_t t, Py_ssize_t n,
@@ -198,22 +202,17 @@ cdef void _qkv_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t l,
         _record(_rec(sh, slot + 2), sc.sbuf, t, n, net.N, net.D)
 
 
-cdef void _block_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t l,
-                       Py_ssize_t i) noexcept nogil:
-    """Attention (from the Q/K/V bitsets of every token), out-projection, residual, MLP,
-    residual: everything of block l that token i needs besides its neighbours' Q/K/V."""
+cdef void _attn_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t l,
+                      Py_ssize_t i) noexcept nogil:
+    """Block l's attention for token i (from the Q/K/V bitsets of every token),
+    out-projection and residual."""
     cdef const Linear* lp = &net.lin[l * LIN_PER_BLOCK + LIN_PROJ]
-    cdef const Linear* l1 = &net.lin[l * LIN_PER_BLOCK + LIN_FC1]
-    cdef const Linear* l2 = &net.lin[l * LIN_PER_BLOCK + LIN_FC2]
     cdef Py_ssize_t nw = net.dwords, dp = 64 * net.dwords, t, base
     cdef Py_ssize_t slot = 1 + REC_PER_BLOCK * l
     cdef Py_ssize_t first = net.nbr_start[i], count = net.nbr_count[i]
     cdef Py_ssize_t half = (l & 1) * net.T * net.N * nw
-    cdef uint8_t* x
     memset(sc.mem0, 0, net.D * sizeof(int32_t))
     memset(sc.mem1, 0, net.D * sizeof(int32_t))
-    memset(sc.mem2, 0, net.D * sizeof(int32_t))
-    memset(sc.mem3, 0, net.Dm * sizeof(int32_t))
     for t in range(net.T):
         base = t * net.N
         dbssa_token(sc.o, net.D, sh.Qb + half + (base + i) * nw,
@@ -226,9 +225,22 @@ cdef void _block_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t l,
         plane_lists(sc.abuf, nw, lp.in_planes, sc.lists, sc.stride, sc.counts)
         _project(lp, sc, sc.mem1, net.leak, KIND_BURST, net.bmax, sc.sbuf)
         _record(_rec(sh, slot + 4), sc.sbuf, t, i, net.N, net.D)
+        add_spikes_u8(sh.X + (base + i) * dp, sc.sbuf, net.D)
+
+
+cdef void _fc1_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t l,
+                     Py_ssize_t i) noexcept nogil:
+    """Block l's fc1 for token i, from the residual stream after attention, into sh.H."""
+    cdef const Linear* l1 = &net.lin[l * LIN_PER_BLOCK + LIN_FC1]
+    cdef Py_ssize_t nw = net.dwords, dp = 64 * net.dwords, dmp = 64 * net.mwords, t, base
+    cdef Py_ssize_t slot = 1 + REC_PER_BLOCK * l
+    cdef uint8_t* x
+    cdef uint8_t* h
+    memset(sc.mem3, 0, net.Dm * sizeof(int32_t))
+    for t in range(net.T):
+        base = t * net.N
         x = sh.X + (base + i) * dp
-        add_spikes_u8(x, sc.sbuf, net.D)
-        if t > 0 and _use_delta(net, sc, x, sc.prev1, net.D, nw):
+        if t > 0 and _use_delta(net, sc, x, x - net.N * dp, net.D, nw):
             plane_lists(sc.dpos, nw, l1.in_planes, sc.lists, sc.stride, sc.counts)
             _delta_update(l1, sc, sc.acc1, 0)
             plane_lists(sc.dneg, nw, l1.in_planes, sc.lists, sc.stride, sc.counts)
@@ -237,14 +249,26 @@ cdef void _block_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t l,
             plane_lists(x, nw, l1.in_planes, sc.lists, sc.stride, sc.counts)
             accumulate_planes(sc.acc1, l1.w, l1.cout, l1.rowmax, sc.lists, sc.stride,
                               sc.counts, l1.in_planes)
-        memcpy(sc.prev1, x, net.D)
+        h = sh.H + (base + i) * dmp
         neuron_step(sc.mem3, sc.acc1, l1.shift, l1.bias, l1.theta, net.leak, KIND_BURST,
-                    net.bmax, sc.hbuf, l1.cout)
-        _record(_rec(sh, slot + 5), sc.hbuf, t, i, net.N, net.Dm)
-        plane_lists(sc.hbuf, net.mwords, l2.in_planes, sc.lists, sc.stride, sc.counts)
+                    net.bmax, h, l1.cout)
+        _record(_rec(sh, slot + 5), h, t, i, net.N, net.Dm)
+
+
+cdef void _fc2_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t l,
+                     Py_ssize_t i) noexcept nogil:
+    """The rest of block l for token i: fc2 from the hidden spikes in sh.H, residual."""
+    cdef const Linear* l2 = &net.lin[l * LIN_PER_BLOCK + LIN_FC2]
+    cdef Py_ssize_t dp = 64 * net.dwords, dmp = 64 * net.mwords, t, base
+    cdef Py_ssize_t slot = 1 + REC_PER_BLOCK * l
+    memset(sc.mem2, 0, net.D * sizeof(int32_t))
+    for t in range(net.T):
+        base = t * net.N
+        plane_lists(sh.H + (base + i) * dmp, net.mwords, l2.in_planes, sc.lists, sc.stride,
+                    sc.counts)
         _project(l2, sc, sc.mem2, net.leak, KIND_BURST, net.bmax, sc.sbuf)
         _record(_rec(sh, slot + 6), sc.sbuf, t, i, net.N, net.D)
-        add_spikes_u8(x, sc.sbuf, net.D)
+        add_spikes_u8(sh.X + (base + i) * dp, sc.sbuf, net.D)
 
 
 cdef void _token_pass(const Net* net, Shared* sh, Scratch* sc, int phase, Py_ssize_t l,
@@ -254,9 +278,16 @@ cdef void _token_pass(const Net* net, Shared* sh, Scratch* sc, int phase, Py_ssi
         if net.depth > 0:
             _qkv_token(net, sh, sc, 0, n)
     elif phase == 1:
-        _block_token(net, sh, sc, l, n)
-        if fuse and l + 1 < net.depth:
-            _qkv_token(net, sh, sc, l + 1, n)
+        _attn_token(net, sh, sc, l, n)
+        if fuse:
+            _fc1_token(net, sh, sc, l, n)
+            _fc2_token(net, sh, sc, l, n)
+            if l + 1 < net.depth:
+                _qkv_token(net, sh, sc, l + 1, n)
+    elif phase == 2:
+        _fc1_token(net, sh, sc, l, n)
+    elif phase == 3:
+        _fc2_token(net, sh, sc, l, n)
     else:
         _qkv_token(net, sh, sc, l, n)
 
@@ -310,12 +341,16 @@ cdef void _head(const Net* net, Shared* sh, Scratch* sc) noexcept nogil:
 
 cdef void run_image(const Net* net, Shared* sh, Scratch* scs, int threads,
                     int fuse) noexcept nogil:
-    """One image. fuse: fold block l+1's Q/K/V into block l's pass over the tokens (one
-    barrier less per block; a larger working set per token). Same result either way."""
+    """One image. fuse: each block as one pass over the tokens, block l+1's Q/K/V folded
+    in (fewer barriers; a larger working set per token); else four passes per block (see
+    the top of this file). Same result either way."""
     cdef Py_ssize_t l
     _for_tokens(net, sh, scs, threads, 0, 0, fuse)
     for l in range(net.depth):
         _for_tokens(net, sh, scs, threads, 1, l, fuse)
-        if not fuse and l + 1 < net.depth:
-            _for_tokens(net, sh, scs, threads, 2, l + 1, fuse)
+        if not fuse:
+            _for_tokens(net, sh, scs, threads, 2, l, fuse)
+            _for_tokens(net, sh, scs, threads, 3, l, fuse)
+            if l + 1 < net.depth:
+                _for_tokens(net, sh, scs, threads, 4, l + 1, fuse)
     _head(net, sh, &scs[0])
