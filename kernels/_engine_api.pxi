@@ -142,6 +142,11 @@ cdef class Network:
                 cout = Dm if short == "mlp.fc1" else D
                 linear(<size_t>&self.net.lin[l * LIN_PER_BLOCK + k], name, cin, cout, (cout,),
                        _bits(input_max[name]))
+            if not (self.net.lin[l * LIN_PER_BLOCK + LIN_Q].in_planes
+                    == self.net.lin[l * LIN_PER_BLOCK + LIN_K].in_planes
+                    == self.net.lin[l * LIN_PER_BLOCK + LIN_V].in_planes):
+                raise ValueError(f"blocks.{l}: q, k and v read the same input, so their "
+                                 "input_max must be equal")
             ath = arr(f"blocks.{l}.attn.threshold", np.int32, (D,))
             thv[l] = <uintptr_t>&ath[0]
 

@@ -129,6 +129,13 @@ cdef inline void _delta_update(const Linear* L, Scratch* sc, int32_t* acc, int n
                            L.in_planes, negate)
 
 
+cdef inline void _qkv_planes(const Linear* lq, const Linear* lk, const Linear* lv,
+                             Scratch* sc, int store, int negate) noexcept nogil:
+    accumulate_planes3(sc.accq, sc.acck, sc.accv, lq.w, lk.w, lv.w, lq.rowmax, lk.rowmax,
+                       lv.rowmax, lq.cout, sc.lists, sc.stride, sc.counts, lq.in_planes,
+                       store, negate)
+
+
 cdef void _embed_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t gy = n // net.grid_w, gx = n % net.grid_w
     cdef Py_ssize_t p = net.p, C = net.chans, dy, dx, c, t
@@ -171,21 +178,12 @@ cdef void _qkv_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t l,
         x = sh.X + tok * dp
         if t > 0 and _use_delta(net, sc, x, x - net.N * dp, net.D, nw):
             plane_lists(sc.dpos, nw, lq.in_planes, sc.lists, sc.stride, sc.counts)
-            _delta_update(lq, sc, sc.accq, 0)
-            _delta_update(lk, sc, sc.acck, 0)
-            _delta_update(lv, sc, sc.accv, 0)
+            _qkv_planes(lq, lk, lv, sc, 0, 0)
             plane_lists(sc.dneg, nw, lq.in_planes, sc.lists, sc.stride, sc.counts)
-            _delta_update(lq, sc, sc.accq, 1)
-            _delta_update(lk, sc, sc.acck, 1)
-            _delta_update(lv, sc, sc.accv, 1)
+            _qkv_planes(lq, lk, lv, sc, 0, 1)
         else:
             plane_lists(x, nw, lq.in_planes, sc.lists, sc.stride, sc.counts)
-            accumulate_planes(sc.accq, lq.w, lq.cout, lq.rowmax, sc.lists, sc.stride,
-                              sc.counts, lq.in_planes)
-            accumulate_planes(sc.acck, lk.w, lk.cout, lk.rowmax, sc.lists, sc.stride,
-                              sc.counts, lk.in_planes)
-            accumulate_planes(sc.accv, lv.w, lv.cout, lv.rowmax, sc.lists, sc.stride,
-                              sc.counts, lv.in_planes)
+            _qkv_planes(lq, lk, lv, sc, 1, 0)
         neuron_step(sc.mem0, sc.accq, lq.shift, lq.bias, lq.theta, net.leak, KIND_BURST, 1,
                     sc.sbuf, net.D)
         pack_test_u64(sc.sbuf, nw, 0xff, qb + tok * nw)

@@ -157,6 +157,41 @@ cdef void accumulate_planes_scalar(int32_t* acc, const int8_t* w, Py_ssize_t cou
     _accumulate_planes(acc, w, cout, rowmax, lists, stride, counts, nplanes, True, 1, 0)
 
 
+cdef void accumulate_planes3(int32_t* acc0, int32_t* acc1, int32_t* acc2,
+                             const int8_t* w0, const int8_t* w1, const int8_t* w2,
+                             const uint8_t* rm0, const uint8_t* rm1, const uint8_t* rm2,
+                             Py_ssize_t cout, const int32_t* lists, Py_ssize_t stride,
+                             const Py_ssize_t* counts, int nplanes, int store,
+                             int negate) noexcept nogil:
+    """The same plane lists into three layers of one shape (Q, K, V), as three
+    accumulate_planes (store 1) or accumulate_planes_into (store 0, negate): in one pass
+    over the rows for all three where this build has bsv_accumulate_rows3_i16 and every
+    plane's rows fit the int16 budget unchecked (fewer than 256), else layer by layer."""
+    cdef int b
+    cdef bint fused = BSV_HAVE_ROWS3 != 0 and cout % 256 == 0
+    for b in range(nplanes):
+        if counts[b] * 128 > I16_BUDGET:
+            fused = False
+    if not fused:
+        _accumulate_planes(acc0, w0, cout, rm0, lists, stride, counts, nplanes, False, store,
+                           negate)
+        _accumulate_planes(acc1, w1, cout, rm1, lists, stride, counts, nplanes, False, store,
+                           negate)
+        _accumulate_planes(acc2, w2, cout, rm2, lists, stride, counts, nplanes, False, store,
+                           negate)
+        return
+    for b in range(nplanes):
+        if counts[b] == 0:
+            continue
+        bsv_accumulate_rows3_i16(acc0, acc1, acc2, w0, w1, w2, cout, lists + b * stride,
+                                 counts[b], b, store, negate)
+        store = 0
+    if store:
+        memset(acc0, 0, cout * sizeof(int32_t))
+        memset(acc1, 0, cout * sizeof(int32_t))
+        memset(acc2, 0, cout * sizeof(int32_t))
+
+
 cdef void accumulate_macs(int32_t* acc, const int8_t* w, Py_ssize_t cout,
                           const uint8_t* x, Py_ssize_t cin) noexcept nogil:
     """acc[o] = Σ_k x[k] * w[k, o] with true multiplications (MACs): the patch embedding

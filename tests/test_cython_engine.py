@@ -117,6 +117,42 @@ def test_random_wide_models_equal_oracle(tmp_path_factory, cfg, seed, pick, kind
     expect_same_run(path, images(cfg, 2, seed, kind), VARIANTS[pick % len(VARIANTS)])
 
 
+@st.composite
+def qkv_wide_configs(draw):
+    """Widths of 256 and 512: the engine's fused Q/K/V pass (AVX-512, 256 columns at a time)
+    and the 256-column blocks of every layer; 512 inputs also reach the int16 budget."""
+    d = draw(st.sampled_from([256, 512]))
+    heads = draw(st.sampled_from([1, 2, 4, 8]))
+    p = draw(st.integers(1, 2))
+    gh, gw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    return BSViTConfig(img_size=(gh * p, gw * p), in_chans=draw(st.integers(1, 3)),
+                       patch_size=p, embed_dim=d, depth=draw(st.integers(1, 2)),
+                       num_heads=heads, mlp_ratio=draw(st.sampled_from([0.5, 1.0, 1.5])),
+                       adjacency_window=draw(st.sampled_from([1, 3, None])),
+                       burst_max=draw(st.sampled_from([1, 4, 15])),
+                       timesteps=draw(st.integers(1, 4)),
+                       num_classes=draw(st.integers(2, 5)),
+                       leak_shift=draw(st.sampled_from([None, 0, 2])),
+                       attn_threshold=draw(st.integers(1, 40)))
+
+
+@MODEL_SETTINGS
+@given(cfg=qkv_wide_configs(), seed=st.integers(0, 2**31 - 1), pick=st.integers(0, 1000),
+       kind=st.sampled_from(["uniform", "extremes"]), gain=st.sampled_from([1.0, 3.0]))
+def test_random_256_wide_models_equal_oracle(tmp_path_factory, cfg, seed, pick, kind, gain):
+    model = randomize(BSViT(cfg), seed, gain=gain)
+    try:
+        q = quantize(model)
+    except ConversionError:
+        assume(False)
+    path = write_model(tmp_path_factory.mktemp("w") / "w.bsi", q)
+    imgs = images(cfg, 2, seed, kind)
+    # this CPU's own build every time (the one with the widest paths), and one other
+    expect_same_run(path, imgs, K.default_variant())
+    expect_same_run(path, imgs, VARIANTS[pick % len(VARIANTS)], threads_list=(2,),
+                    margins=(16,))
+
+
 # -- the bundled digits model ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
