@@ -2,11 +2,11 @@
 #
 # One image runs as passes over the tokens: the patch embedding and block 0's Q/K/V; then
 # per block l: attention and out-projection; fc1 (hidden spikes to Shared.H); fc2; then
-# block l+1's Q/K/V. With one thread each pass touches one or two layers' weights (at most
-# 256 KB on the benchmark model), which stay in L2 from one token to the next: splitting
-# the block's single pass (576 KB of weights) into three measured 4-5 % less time. With
-# several threads a block is one pass (attention to fc2, then block l+1's Q/K/V): fewer
-# barriers. Inside a pass every token is independent: attention reads only Q/K/V bitsets
+# block l+1's Q/K/V. With one thread each pass touches one layer's weights, or Q's, K's and
+# V's (at most 256 KB on the benchmark model), which stay in L2 from one token to the
+# next: splitting the block's single pass (576 KB of weights) into three measured 4-5 %
+# less time. With several threads a block is one pass (attention to fc2, then block
+# l+1's Q/K/V): fewer barriers. Inside a pass every token is independent: attention reads only Q/K/V bitsets
 # written by an earlier pass, block l+1's Q/K/V go to the other half of a double buffer
 # (block parity), and a token's later layers read only what its earlier ones wrote (the
 # residual stream X[t, i], its hidden spikes H[t, i]), so a pass is an OpenMP `prange`
