@@ -2,18 +2,18 @@
 #
 # One image runs as passes over the tokens: the patch embedding and block 0's Q/K/V; then
 # per block l: attention and out-projection; fc1 (hidden spikes to Shared.H); fc2; then
-# block l+1's Q/K/V. With one thread each pass touches one layer's weights, or Q's, K's and
-# V's (at most 256 KB on the benchmark model), which stay in L2 from one token to the
+# block l+1's Q/K/V. With one thread each pass touches one layer's weights, or Q's, K's
+# and V's (at most 256 KB on the benchmark model), which stay in L2 from one token to the
 # next: splitting the block's single pass (576 KB of weights) into three measured 4-5 %
-# less time. With several threads a block is one pass (attention to fc2, then block
-# l+1's Q/K/V): fewer barriers. Inside a pass every token is independent: attention reads only Q/K/V bitsets
-# written by an earlier pass, block l+1's Q/K/V go to the other half of a double buffer
-# (block parity), and a token's later layers read only what its earlier ones wrote (the
-# residual stream X[t, i], its hidden spikes H[t, i]), so a pass is an OpenMP `prange`
-# over tokens with one scratch area per thread, and every thread count and schedule
-# computes the same integers. Within a token the time steps run in order, each layer
-# keeping its own membrane: by spec op 4 that equals running layer after layer over all
-# steps, and it is also why a layer may run for all steps before the next one starts.
+# less time. With several threads a block is one pass (attention to fc2, then block l+1's
+# Q/K/V): fewer barriers. Inside a pass every token is independent: attention reads only
+# Q/K/V bitsets written by an earlier pass, block l+1's Q/K/V go to the other half of a
+# double buffer (block parity), and a token's later layers read only what its earlier ones
+# wrote (the residual stream X[t, i], its hidden spikes H[t, i]), so a pass is an OpenMP
+# `prange` over tokens with one scratch area per thread, and every thread count and
+# schedule computes the same integers. Within a token the time steps run in order, each
+# layer keeping its own membrane: by spec op 4 that equals running layer after layer over
+# all steps, and it is also why a layer may run for all steps before the next one starts.
 
 from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy
