@@ -233,6 +233,26 @@ def test_window_ranges_are_checked_and_equal_csr(digits_bsi, digits_test_images)
                   nbr_count=count)
 
 
+def test_q_k_v_input_bounds_must_agree(digits_bsi):
+    """Q, K and V read the same residual stream and share its plane lists: a Network given
+    different input bounds for them is refused, naming the block."""
+    from bsvit_int import spec
+    m = bsvit_int.load(digits_bsi, backend="cython")
+    r = m._runner
+    k = engine_cython.require_kernels()
+    arrays = {name: np.ascontiguousarray(v) for name, v in m.tensors.items()}
+    input_max = {layer.name: layer.input_max for layer in spec.layers(r.config)}
+    nb = spec.grid_neighbours(r.config)
+    count = np.array([len(w) for w in nb], np.int32)
+    ptr = np.concatenate([[0], np.cumsum(count)]).astype(np.int32)
+    idx = np.array([j for w in nb for j in w], np.int32)
+    k.Network(r.network.dims, arrays, dict(m._shifts), input_max, ptr, idx)    # as given
+    bad = dict(input_max)
+    bad["blocks.1.attn.k"] = 2 * input_max["blocks.1.attn.k"] + 1
+    with pytest.raises(ValueError, match="blocks.1: q, k and v"):
+        k.Network(r.network.dims, arrays, dict(m._shifts), bad, ptr, idx)
+
+
 def test_one_model_from_many_threads(digits_bsi, digits_test_images):
     m = bsvit_int.load(digits_bsi, backend="cython", threads=2)
     x = digits_test_images[:32]
