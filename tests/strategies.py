@@ -11,6 +11,13 @@ within (1.5 +- 0.2) * 2**leak_shift thresholds at every token for every image.
 After quantization it therefore emits at least one spike at step 0 in every token of every
 image (leaky or not). Tests use that as a non-vacuity check that no implementation can
 pass by being silent.
+
+When depth >= 1, block 0's attention has the same kind of guaranteed path: channel 0 of its
+q, k and v projections is driven by its BatchNorm bias alone (the weights can move the
+current by at most 0.2 thresholds), so at step 0 every token emits q = 1, k = burst_max and
+v = +1 there. Head 0's score for every pair in the window is then at least burst_max, and
+the attention neuron's channel 0 receives at least (smallest window) * burst_max at step 0;
+`attention_guaranteed(cfg)` says when that alone crosses its threshold after the leak.
 """
 from __future__ import annotations
 
@@ -26,6 +33,9 @@ from hypothesis import strategies as st
 from bsvit_int.converters import BSViT, BSViTConfig
 
 GUARANTEED_CHANNEL = 0
+# Weight layers whose row GUARANTEED_CHANNEL carries a guaranteed spike (never zeroed).
+GUARANTEED_ROWS = ("embed.proj", "blocks.0.attn.q.linear", "blocks.0.attn.k.linear",
+                   "blocks.0.attn.v.linear")
 
 
 @st.composite
@@ -114,19 +124,57 @@ def randomize(model: BSViT, seed: int, *, gain: float = 1.0, edge: str = "none")
         e.bn.bias[c] = 1.5 * leak_gain
         e.pos[:, c] = 0.0
 
+        if cfg.depth >= 1:
+            # Block 0 reads the embedding's spikes only: inputs in [0, burst_max].
+            attn = model.blocks[0].attn
+            for proj, level in ((attn.q, 1), (attn.k, cfg.burst_max), (attn.v, 1)):
+                _drive_by_bias(proj, c, level, cfg.burst_max, leak_gain)
+
         if edge == "zero_row":
             candidates = [(n, m) for n, m in weighted
-                          if not (n == "embed.proj" and m.weight.shape[0] == 1)]
+                          if not (n in GUARANTEED_ROWS and m.weight.shape[0] == 1)]
             if candidates:
                 idx = int(torch.randint(len(candidates), (1,), generator=g))
                 name, mod = candidates[idx]
                 rows = mod.weight.shape[0]
-                lo = 1 if name == "embed.proj" else 0      # keep the guaranteed channel
+                lo = 1 if name in GUARANTEED_ROWS else 0      # keep the guaranteed channel
                 row = int(torch.randint(lo, rows, (1,), generator=g))
                 mod.weight[row] = 0.0
         elif edge == "zero_head":
             model.head.weight.zero_()
     return model.eval()
+
+
+def _drive_by_bias(proj, c: int, level: int, x_max: int, leak_gain: float) -> None:
+    """Make output channel c of a Projection fire `level` at step 0 for any input in
+    [0, x_max]: BatchNorm bias (level + 0.5) * 2**leak, weights scaled so that they move
+    the current by at most 0.2 * 2**leak (the step-0 membrane is level + 0.3 .. 0.7)."""
+    w = proj.linear.weight
+    if float(w[c].abs().sum()) == 0.0:
+        w[c] = 1.0 / math.sqrt(w.shape[1])
+    bn = proj.bn
+    bn.running_mean[c] = 0.0
+    bn.running_var[c] = 1.0
+    bn.weight[c] = (0.2 * leak_gain / (x_max * float(w[c].abs().sum()))
+                    * math.sqrt(1.0 + bn.eps))
+    bn.bias[c] = (level + 0.5) * leak_gain
+
+
+def attention_guaranteed(cfg: BSViTConfig) -> bool:
+    """True when block 0's attention channel 0 must fire at step 0 in every token.
+
+    Its step-0 current is sum over the window of score * v >= window * burst_max (the
+    guaranteed q, k, v channels above); the membrane after the leak is that >> leak_shift.
+    """
+    if cfg.depth < 1:
+        return False
+    gh, gw = cfg.grid
+    if cfg.adjacency_window is None:
+        smallest = gh * gw
+    else:
+        r = (cfg.adjacency_window - 1) // 2
+        smallest = min(r + 1, gh) * min(r + 1, gw)      # a corner token's window
+    return (smallest * cfg.burst_max) >> (cfg.leak_shift or 0) >= cfg.attn_threshold
 
 
 def images(cfg: BSViTConfig, batch: int, seed: int, kind: str) -> np.ndarray:

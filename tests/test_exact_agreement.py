@@ -43,7 +43,7 @@ from bsvit_int import oracle, spec
 from bsvit_int.container import write_bsi
 from bsvit_int.converters import BSViTConfig, integer_faithful, quantize, snap
 from bsvit_int.converters.model import Neuron
-from strategies import GUARANTEED_CHANNEL, case_params
+from strategies import GUARANTEED_CHANNEL, attention_guaranteed, case_params
 
 
 # --------------------------------------------------------------------------- helpers
@@ -91,6 +91,12 @@ def as_numpy(record: dict) -> dict:
 
 # Non-vacuity bookkeeping across the property run (checked by test_property_was_not_vacuous).
 STATS: Counter = Counter()
+MIN_EXAMPLES = 100
+
+
+def layer_kind(name: str) -> str:
+    """'blocks.2.attn.q' -> 'attn.q'; 'embed' -> 'embed'."""
+    return name.split(".", 2)[2] if name.startswith("blocks.") else name
 
 
 # --------------------------------------------------------------------------- the property
@@ -159,36 +165,62 @@ def test_snapped_integer_and_engine_agree_exactly(params):
         f"embed channel {GUARANTEED_CHANNEL} was built to fire at step 0 everywhere, but "
         f"its step-0 spikes are {fired.tolist()}")
 
-    # Non-vacuity, across the run: how often the deepest layer fires.
-    STATS["examples"] += 1
-    deepest = names[-1]
-    active = bool(np.any(rec_e[deepest] != 0))
+    # Block 0's guaranteed attention path (strategies.py): q, k, v channel 0 at step 0.
     if cfg.depth >= 1:
+        for kind, level in (("q", 1), ("k", cfg.burst_max), ("v", 1)):
+            got = rec_e[f"blocks.0.attn.{kind}"][:, 0, :, GUARANTEED_CHANNEL]
+            assert (got == level).all(), (
+                f"blocks.0.attn.{kind} channel {GUARANTEED_CHANNEL} was built to emit {level} "
+                f"at step 0 everywhere, but emitted {got.tolist()}")
+    if attention_guaranteed(cfg):
+        got = rec_e["blocks.0.attn"][:, 0, :, GUARANTEED_CHANNEL]
+        assert (got >= 1).all(), (
+            f"blocks.0.attn channel {GUARANTEED_CHANNEL} must fire at step 0 everywhere "
+            f"(window * burst_max >> leak >= attn_threshold), but emitted {got.tolist()}")
+
+    # Non-vacuity, across the run: which layer kinds fired at all, and how often the
+    # deepest layer did.
+    STATS["examples"] += 1
+    STATS["attention_guaranteed"] += attention_guaranteed(cfg)
+    if cfg.depth >= 1:
+        active = bool(np.any(rec_e[names[-1]] != 0))
         STATS["deep_examples"] += 1
         STATS["deep_active"] += active
         event(f"depth>=1, deepest layer {'fired' if active else 'silent'}")
-        target(float(np.mean(rec_e[deepest] != 0)), label="deepest-layer spike rate")
-    for name, s in rec_e.items():
-        STATS["layers"] += 1
-        STATS["active_layers"] += bool(np.any(s != 0))
+        target(float(np.mean(rec_e[names[-1]] != 0)), label="deepest-layer spike rate")
+    for kind in {layer_kind(n) for n, s in rec_e.items() if np.any(s != 0)}:
+        STATS["fired:" + kind] += 1
     event(f"depth={cfg.depth}")
 
 
 def test_property_was_not_vacuous():
     """The property run above must have seen spiking in deep layers, not only silence.
 
-    Runs after the property test (pytest keeps file order). Skipped only when the
-    property test did not run in this session (e.g. `-k` selected this test alone).
+    Every example already checks its guaranteed channels (embedding; block 0's q, k, v and,
+    where attention_guaranteed() holds, its attention neuron). This adds run-level coverage,
+    which depends on what Hypothesis drew (and on its targeting, which clusters examples),
+    so it is asserted only on runs of at least MIN_EXAMPLES examples (the CI profile runs
+    200) and with bounds far below what such runs show: over 20 CI-profile runs (seeds
+    401..420), 155..181 of the 200 examples had depth >= 1, the deepest layer fired in
+    77..97 % of those, and every layer kind fired in at least 63 examples.
+
+    Runs after the property test (pytest keeps file order); skipped when the property test
+    did not run in this session (e.g. `-k` selected this test alone) or ran too few examples.
     """
-    if STATS["examples"] == 0:
+    n = STATS["examples"]
+    if n == 0:
         pytest.skip("the property test did not run in this session")
-    assert STATS["deep_examples"] >= min(5, STATS["examples"] // 4), dict(STATS)
-    frac = STATS["deep_active"] / max(1, STATS["deep_examples"])
+    if n < MIN_EXAMPLES:
+        pytest.skip(f"{n} examples: run-level coverage is asserted from {MIN_EXAMPLES} "
+                    f"(BSVIT_HYPOTHESIS_PROFILE=ci)")
+    assert STATS["deep_examples"] >= n // 4, dict(STATS)
+    frac = STATS["deep_active"] / STATS["deep_examples"]
     assert frac >= 0.5, (
         f"only {STATS['deep_active']} of {STATS['deep_examples']} depth>=1 examples had any "
         f"spike in the deepest layer: the property is close to vacuous ({dict(STATS)})")
-    layer_frac = STATS["active_layers"] / max(1, STATS["layers"])
-    assert layer_frac >= 0.5, f"only {layer_frac:.0%} of recorded layers ever fired ({dict(STATS)})"
+    kinds = {layer_kind(layer.name) for layer in spec.layers(BSViTConfig(depth=1))}
+    few = sorted(k for k in kinds if STATS["fired:" + k] < n // 20)
+    assert not few, f"these layer kinds fired in fewer than {n // 20} examples: {few} ({dict(STATS)})"
 
 
 # --------------------------------------------------------------------------- neuron boundaries
