@@ -23,9 +23,12 @@ directives = {
 
 
 def _kernels_extension(name, pyx, march=None):
-    """One build of the kernels; the x86 variants differ only in -march (kernels/_kernels.pyx
-    explains the runtime dispatch between them)."""
-    args = ["-O2", "-fvect-cost-model=cheap", "-fopenmp"] + (["-UNDEBUG"] if DEBUG else [])
+    """One build of the kernels; the x86 variants differ in -march (kernels/_kernels.pyx
+    explains the runtime dispatch between them), and x86-64-v4 is built with -O3 (measured
+    1.2 % less engine time than -O2 on the benchmark model, interleaved A/B; the other
+    builds are not measured that way and keep -O2)."""
+    opt = "-O3" if march == "x86-64-v4" else "-O2"
+    args = [opt, "-fvect-cost-model=cheap", "-fopenmp"] + (["-UNDEBUG"] if DEBUG else [])
     return Extension(
         name,
         [pyx],

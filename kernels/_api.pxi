@@ -617,6 +617,41 @@ def _accumulate_planes_paths(counts, const int8_t[:, ::1] weight not None, varia
     return a, b
 
 
+def _accumulate_delta_paths(now, before, const int8_t[:, ::1] weight not None, variant=None):
+    """Σ_j now[j]·weight[j, :] as the engine's temporal delta computes it: accumulate_planes
+    of `before`, then accumulate_delta of the change (delta_parts, both halves' plane
+    lists). now, before: uint8 [cin]. Oracle: now.astype(int64) @ weight."""
+    cdef const CoreTable* tb = _core(variant)
+    a_now, a_before = np.asarray(now), np.asarray(before)
+    for a, name in ((a_now, "now"), (a_before, "before")):
+        if a.dtype != np.uint8 or a.shape != (weight.shape[0],):
+            raise ValueError(f"{name} must be uint8 [{weight.shape[0]}]")
+    _check_acc_bound(np.maximum(a_now, a_before)[None], weight, "_accumulate_delta_paths")
+    cdef uint8_t[:, ::1] xn = _padded_u8(a_now[None], "now")
+    cdef uint8_t[:, ::1] xb = _padded_u8(a_before[None], "before")
+    cdef const uint8_t[::1] rmax = _rowmax(weight)
+    cdef Py_ssize_t words = xn.shape[1] // 64, cout = weight.shape[1], stride = 64 * words + 16
+    lists = np.zeros(2 * DELTA_NEG * stride, dtype=np.int32)
+    cnts = np.zeros(MAX_PLANES, dtype=np.intp)
+    pos = np.zeros(64 * words, dtype=np.uint8)
+    neg = np.zeros(64 * words, dtype=np.uint8)
+    cdef int32_t[::1] lv = lists
+    cdef Py_ssize_t[::1] cv = cnts
+    cdef uint8_t[::1] pv = pos, nv = neg
+    a = np.zeros(cout, dtype=np.int32)
+    cdef int32_t[::1] av = a
+    if cout == 0 or weight.shape[0] == 0:
+        return a
+    with nogil:
+        tb.plane_lists(&xb[0, 0], words, 8, &lv[0], stride, &cv[0])
+        tb.accumulate_planes(&av[0], &weight[0, 0], cout, &rmax[0], &lv[0], stride, &cv[0], 8)
+        tb.delta_parts(&pv[0], &nv[0], &xn[0, 0], &xb[0, 0], 64 * words)
+        tb.plane_lists(&pv[0], words, 8, &lv[0], stride, &cv[0])
+        tb.plane_lists(&nv[0], words, 8, &lv[DELTA_NEG * stride], stride, &cv[DELTA_NEG])
+        tb.accumulate_delta(&av[0], &weight[0, 0], cout, &rmax[0], &lv[0], stride, &cv[0], 8)
+    return a
+
+
 # -- benchmark helper ------------------------------------------------------------------------
 
 def bench_accumulate_rows(const int8_t[:, ::1] weight not None,

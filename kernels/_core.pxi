@@ -45,6 +45,10 @@ cdef struct CoreTable:
                         const uint64_t*, const uint64_t*, Py_ssize_t, Py_ssize_t,
                         const int32_t*, Py_ssize_t, const HeadWords*, Py_ssize_t) noexcept nogil
     void (*run_image)(const Net*, Shared*, Scratch*, int, int) noexcept nogil
+    void (*delta_parts)(uint8_t*, uint8_t*, const uint8_t*, const uint8_t*,
+                        Py_ssize_t) noexcept nogil
+    void (*accumulate_delta)(int32_t*, const int8_t*, Py_ssize_t, const uint8_t*,
+                             const int32_t*, Py_ssize_t, const Py_ssize_t*, int) noexcept nogil
 
 
 cdef CoreTable _table
@@ -71,6 +75,8 @@ _table.head_score = head_score
 _table.signed_add = signed_add
 _table.dbssa_token = dbssa_token
 _table.run_image = run_image
+_table.delta_parts = delta_parts
+_table.accumulate_delta = accumulate_delta
 
 VARIANT = (<bytes>VARIANT_NAME).decode()
 CAPSULE_NAME = "bsvit_int.CoreTable"

@@ -278,7 +278,7 @@ cdef class Network:
         fields = [("acc", 4 * acc_n), ("cur", 4 * dp), ("mem0", 4 * dp), ("mem1", 4 * dp),
                   ("mem2", 4 * dp), ("mem3", 4 * dmp), ("o", 4 * dp), ("sbuf", dp),
                   ("abuf", dp), ("pix", 64 * ((net.K + 63) // 64)),
-                  ("lists", 4 * 8 * stride), ("zeros", 4 * dp), ("accq", 4 * dp),
+                  ("lists", 4 * 2 * DELTA_NEG * stride), ("zeros", 4 * dp), ("accq", 4 * dp),
                   ("acck", 4 * dp), ("accv", 4 * dp), ("acc1", 4 * dmp), ("dpos", dp),
                   ("dneg", dp)]
         per = sum(size for _, size in fields) + 64 * (len(fields) + 1)

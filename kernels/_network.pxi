@@ -74,7 +74,8 @@ cdef struct Scratch:        # one per thread, allocated (zeroed) per run, never 
     uint8_t* sbuf           # [Dp] spikes of a D-wide layer (zero padding)
     uint8_t* abuf           # [Dp] attention-neuron spikes
     uint8_t* pix            # [K] one patch of raw pixels
-    int32_t* lists          # [MAX_PLANES * stride] plane lists
+    int32_t* lists          # [2 * DELTA_NEG * stride] plane lists (a delta's negative
+                            # half from list DELTA_NEG on)
     Py_ssize_t stride
     Py_ssize_t counts[MAX_PLANES]
 
@@ -122,11 +123,6 @@ cdef inline bint _use_delta(const Net* net, Scratch* sc, const uint8_t* now,
     delta_parts(sc.dpos, sc.dneg, now, before, d)
     return (row_adds_u8(sc.dpos, nwords) + row_adds_u8(sc.dneg, nwords) + net.delta_margin
             < row_adds_u8(now, nwords))
-
-
-cdef inline void _delta_update(const Linear* L, Scratch* sc, int32_t* acc, int negate) noexcept nogil:
-    accumulate_planes_into(acc, L.w, L.cout, L.rowmax, sc.lists, sc.stride, sc.counts,
-                           L.in_planes, negate)
 
 
 cdef inline void _qkv_planes(const Linear* lq, const Linear* lk, const Linear* lv,
@@ -240,9 +236,10 @@ cdef void _fc1_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t l,
         x = sh.X + (base + i) * dp
         if t > 0 and _use_delta(net, sc, x, x - net.N * dp, net.D, nw):
             plane_lists(sc.dpos, nw, l1.in_planes, sc.lists, sc.stride, sc.counts)
-            _delta_update(l1, sc, sc.acc1, 0)
-            plane_lists(sc.dneg, nw, l1.in_planes, sc.lists, sc.stride, sc.counts)
-            _delta_update(l1, sc, sc.acc1, 1)
+            plane_lists(sc.dneg, nw, l1.in_planes, sc.lists + DELTA_NEG * sc.stride,
+                        sc.stride, sc.counts + DELTA_NEG)
+            accumulate_delta(sc.acc1, l1.w, l1.cout, l1.rowmax, sc.lists, sc.stride,
+                             sc.counts, l1.in_planes)
         else:
             plane_lists(x, nw, l1.in_planes, sc.lists, sc.stride, sc.counts)
             accumulate_planes(sc.acc1, l1.w, l1.cout, l1.rowmax, sc.lists, sc.stride,

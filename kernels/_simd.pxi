@@ -471,6 +471,89 @@ cdef extern from *:
             BSV_FLUSH256(acc2 + c0, d);
         }
     }
+    /* Every plane list of a layer step (and of both halves of a temporal delta) in one
+       pass per 256 columns: int32 sums stay in sixteen registers from list to list and
+       acc is read and written once per step, not once per list. Each list's rows go
+       through the same int16 pair step as bsv_accumulate_rows_i16 (the caller checks
+       each list's int16 budget), then are widened, shifted by the plane's bit and added
+       (pos lists) or subtracted (neg lists). int32 lanes wrap like the scalar form, and
+       the result is W.x for an x the converter bounded, so it is exact. cout % 256 == 0. */
+    #define BSV_HAVE_LISTS 1
+    static inline __attribute__((always_inline)) void bsv_widen64(
+            __m512i lo, __m512i hi, __m128i sh, int neg, __m512i *s0, __m512i *s1,
+            __m512i *s2, __m512i *s3) {
+        const __m512i i0 = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+        const __m512i i1 = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+        const __m512i p0 = _mm512_permutex2var_epi64(lo, i0, hi);
+        const __m512i p1 = _mm512_permutex2var_epi64(lo, i1, hi);
+        const __m512i w0 = _mm512_sll_epi32(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(p0)), sh);
+        const __m512i w1 = _mm512_sll_epi32(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p0, 1)), sh);
+        const __m512i w2 = _mm512_sll_epi32(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(p1)), sh);
+        const __m512i w3 = _mm512_sll_epi32(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p1, 1)), sh);
+        if (neg) {
+            *s0 = _mm512_sub_epi32(*s0, w0); *s1 = _mm512_sub_epi32(*s1, w1);
+            *s2 = _mm512_sub_epi32(*s2, w2); *s3 = _mm512_sub_epi32(*s3, w3);
+        } else {
+            *s0 = _mm512_add_epi32(*s0, w0); *s1 = _mm512_add_epi32(*s1, w1);
+            *s2 = _mm512_add_epi32(*s2, w2); *s3 = _mm512_add_epi32(*s3, w3);
+        }
+    }
+    static void bsv_accumulate_lists_i16(int32_t *acc, const int8_t *w, ptrdiff_t cout,
+                                         const int32_t *pos, const ptrdiff_t *npos_rows,
+                                         int npos, const int32_t *neg,
+                                         const ptrdiff_t *nneg_rows, int nneg,
+                                         ptrdiff_t stride, int store) {
+        const __m512i ones = _mm512_set1_epi8(1), z = _mm512_setzero_si512();
+        for (ptrdiff_t c0 = 0; c0 + 256 <= cout; c0 += 256) {
+            __m512i s0 = z, s1 = z, s2 = z, s3 = z, s4 = z, s5 = z, s6 = z, s7 = z;
+            __m512i s8 = z, s9 = z, s10 = z, s11 = z, s12 = z, s13 = z, s14 = z, s15 = z;
+            const int8_t *wc = w + c0;
+            for (int k = 0; k < npos + nneg; k++) {
+                const int isneg = k >= npos, b = isneg ? k - npos : k;
+                const ptrdiff_t n = isneg ? nneg_rows[b] : npos_rows[b];
+                if (n == 0) continue;
+                const int32_t *rows = (isneg ? neg : pos) + (ptrdiff_t)b * stride;
+                __m512i a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z;
+                ptrdiff_t r = 0;
+                for (; r + 1 < n; r += 2)
+                    BSV_PAIR256(wc + (ptrdiff_t)rows[r] * cout, wc + (ptrdiff_t)rows[r + 1] * cout, a);
+                if (r < n)
+                    BSV_ODD256(wc + (ptrdiff_t)rows[r] * cout, a);
+                const __m128i sh = _mm_cvtsi32_si128(b);
+                bsv_widen64(a0, a1, sh, isneg, &s0, &s1, &s2, &s3);
+                bsv_widen64(a2, a3, sh, isneg, &s4, &s5, &s6, &s7);
+                bsv_widen64(a4, a5, sh, isneg, &s8, &s9, &s10, &s11);
+                bsv_widen64(a6, a7, sh, isneg, &s12, &s13, &s14, &s15);
+            }
+            int32_t *o = acc + c0;
+            if (!store) {
+                s0 = _mm512_add_epi32(s0, _mm512_loadu_si512(o));
+                s1 = _mm512_add_epi32(s1, _mm512_loadu_si512(o + 16));
+                s2 = _mm512_add_epi32(s2, _mm512_loadu_si512(o + 32));
+                s3 = _mm512_add_epi32(s3, _mm512_loadu_si512(o + 48));
+                s4 = _mm512_add_epi32(s4, _mm512_loadu_si512(o + 64));
+                s5 = _mm512_add_epi32(s5, _mm512_loadu_si512(o + 80));
+                s6 = _mm512_add_epi32(s6, _mm512_loadu_si512(o + 96));
+                s7 = _mm512_add_epi32(s7, _mm512_loadu_si512(o + 112));
+                s8 = _mm512_add_epi32(s8, _mm512_loadu_si512(o + 128));
+                s9 = _mm512_add_epi32(s9, _mm512_loadu_si512(o + 144));
+                s10 = _mm512_add_epi32(s10, _mm512_loadu_si512(o + 160));
+                s11 = _mm512_add_epi32(s11, _mm512_loadu_si512(o + 176));
+                s12 = _mm512_add_epi32(s12, _mm512_loadu_si512(o + 192));
+                s13 = _mm512_add_epi32(s13, _mm512_loadu_si512(o + 208));
+                s14 = _mm512_add_epi32(s14, _mm512_loadu_si512(o + 224));
+                s15 = _mm512_add_epi32(s15, _mm512_loadu_si512(o + 240));
+            }
+            _mm512_storeu_si512(o, s0); _mm512_storeu_si512(o + 16, s1);
+            _mm512_storeu_si512(o + 32, s2); _mm512_storeu_si512(o + 48, s3);
+            _mm512_storeu_si512(o + 64, s4); _mm512_storeu_si512(o + 80, s5);
+            _mm512_storeu_si512(o + 96, s6); _mm512_storeu_si512(o + 112, s7);
+            _mm512_storeu_si512(o + 128, s8); _mm512_storeu_si512(o + 144, s9);
+            _mm512_storeu_si512(o + 160, s10); _mm512_storeu_si512(o + 176, s11);
+            _mm512_storeu_si512(o + 192, s12); _mm512_storeu_si512(o + 208, s13);
+            _mm512_storeu_si512(o + 224, s14); _mm512_storeu_si512(o + 240, s15);
+        }
+    }
     #else
     #define BSV_HAVE_ROWS3 0
     static void bsv_accumulate_rows3_i16(int32_t *acc0, int32_t *acc1, int32_t *acc2,
@@ -481,6 +564,15 @@ cdef extern from *:
         bsv_accumulate_rows_i16(acc0, w0, cout, rows, nrows, shift, store, negate);
         bsv_accumulate_rows_i16(acc1, w1, cout, rows, nrows, shift, store, negate);
         bsv_accumulate_rows_i16(acc2, w2, cout, rows, nrows, shift, store, negate);
+    }
+    #define BSV_HAVE_LISTS 0
+    static void bsv_accumulate_lists_i16(int32_t *acc, const int8_t *w, ptrdiff_t cout,
+                                         const int32_t *pos, const ptrdiff_t *npos_rows,
+                                         int npos, const int32_t *neg,
+                                         const ptrdiff_t *nneg_rows, int nneg,
+                                         ptrdiff_t stride, int store) {
+        (void)acc; (void)w; (void)cout; (void)pos; (void)npos_rows; (void)npos; (void)neg;
+        (void)nneg_rows; (void)nneg; (void)stride; (void)store;    /* never called */
     }
     #endif
 
@@ -880,6 +972,11 @@ cdef extern from *:
                                         const int32_t* rows, Py_ssize_t nrows, Py_ssize_t c0,
                                         int shift, int store, int negate) noexcept nogil
     const int BSV_HAVE_ROWS3
+    const int BSV_HAVE_LISTS
+    void bsv_accumulate_lists_i16(int32_t* acc, const int8_t* w, Py_ssize_t cout,
+                                  const int32_t* pos, const Py_ssize_t* npos_rows, int npos,
+                                  const int32_t* neg, const Py_ssize_t* nneg_rows, int nneg,
+                                  Py_ssize_t stride, int store) noexcept nogil
     void bsv_accumulate_rows3_i16(int32_t* acc0, int32_t* acc1, int32_t* acc2,
                                   const int8_t* w0, const int8_t* w1, const int8_t* w2,
                                   Py_ssize_t cout, const int32_t* rows, Py_ssize_t nrows,

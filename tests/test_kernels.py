@@ -310,6 +310,30 @@ def test_accumulate_planes_simd_equal_scalar_equal_oracle(seed, cin, cout, hi, f
         expect_equal(scalar, want, f"{v} accumulate_planes scalar")
 
 
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), cin=st.sampled_from([1, 63, 64, 200, 256, 300]),
+       cout=st.sampled_from([256, 320, 512, 1024]), hi=st.sampled_from([1, 4, 15, 36, 255]),
+       fill=fills, wkind=st.sampled_from(["random", "max"]),
+       change=st.sampled_from([0.0, 0.1, 0.5, 1.0]))
+def test_accumulate_planes_and_delta_in_256_column_blocks_equal_oracle(
+        seed, cin, cout, hi, fill, wkind, change):
+    """Widths of whole 256-column blocks take bsv_accumulate_lists_i16 where the build has
+    it (all planes, and both halves of a temporal delta, in one pass); 300 inputs at count
+    255 pass the int16 budget of one list (the cut-into-runs fallback)."""
+    rng = rng_of(seed)
+    before = spikes_u8(rng, cin, hi, fill, rate=float(rng.choice([0.05, 0.3, 1.0])))
+    redraw = rng.random(cin) < change
+    now = np.where(redraw, rng.integers(0, hi + 1, cin), before).astype(np.uint8)
+    w = weights_i8(rng, (cin, cout), wkind)
+    want = now.astype(np.int64) @ w.astype(np.int64)
+    for v in VARIANTS:
+        simd, scalar = K._accumulate_planes_paths(now, w, variant=v)
+        expect_equal(simd, want, f"{v} accumulate_planes")
+        expect_equal(scalar, want, f"{v} accumulate_planes scalar")
+        expect_equal(K._accumulate_delta_paths(now, before, w, variant=v), want,
+                     f"{v} accumulate_delta")
+
+
 # -- the C helpers, compiled alone for each target (NEON under qemu-aarch64) ---------------
 
 KERNELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
