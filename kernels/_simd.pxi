@@ -168,26 +168,48 @@ cdef extern from *:
     }
 
     #if defined(__AVX512BW__)
-    static inline void bsv_flush32_avx512(int32_t *acc, __m512i a, __m128i sh, int store,
-                                          int negate) {
-        if (negate) a = _mm512_sub_epi16(_mm512_setzero_si512(), a);   /* |a| <= 32767 */
-        __m512i lo = _mm512_sll_epi32(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(a)), sh);
-        __m512i hi = _mm512_sll_epi32(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(a, 1)), sh);
-        if (!store) {
-            lo = _mm512_add_epi32(_mm512_loadu_si512((const void *)acc), lo);
-            hi = _mm512_add_epi32(_mm512_loadu_si512((const void *)(acc + 16)), hi);
-        }
-        _mm512_storeu_si512((void *)acc, lo);
-        _mm512_storeu_si512((void *)(acc + 16), hi);
-    }
-    /* 64 columns from the two accumulators of bsv_pair64: lane k of lo holds columns
-       16k..16k+7, of hi 16k+8..16k+15; put back in order, then widened and flushed. */
-    static inline void bsv_flush64_avx512(int32_t *acc, __m512i lo, __m512i hi, __m128i sh,
-                                          int store, int negate) {
+    /* 64 columns from the two accumulators of bsv_pair64 (lane k of lo holds columns
+       16k..16k+7, of hi 16k+8..16k+15): put back in order, widened to int32, shifted, and
+       added to (or, neg, subtracted from) the int32 columns s0..s3. */
+    static inline __attribute__((always_inline)) void bsv_widen64(
+            __m512i lo, __m512i hi, __m128i sh, int neg, __m512i *s0, __m512i *s1,
+            __m512i *s2, __m512i *s3) {
         const __m512i i0 = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
         const __m512i i1 = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
-        bsv_flush32_avx512(acc, _mm512_permutex2var_epi64(lo, i0, hi), sh, store, negate);
-        bsv_flush32_avx512(acc + 32, _mm512_permutex2var_epi64(lo, i1, hi), sh, store, negate);
+        const __m512i p0 = _mm512_permutex2var_epi64(lo, i0, hi);
+        const __m512i p1 = _mm512_permutex2var_epi64(lo, i1, hi);
+        const __m512i w0 = _mm512_sll_epi32(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(p0)), sh);
+        const __m512i w1 = _mm512_sll_epi32(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p0, 1)), sh);
+        const __m512i w2 = _mm512_sll_epi32(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(p1)), sh);
+        const __m512i w3 = _mm512_sll_epi32(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p1, 1)), sh);
+        if (neg) {
+            *s0 = _mm512_sub_epi32(*s0, w0); *s1 = _mm512_sub_epi32(*s1, w1);
+            *s2 = _mm512_sub_epi32(*s2, w2); *s3 = _mm512_sub_epi32(*s3, w3);
+        } else {
+            *s0 = _mm512_add_epi32(*s0, w0); *s1 = _mm512_add_epi32(*s1, w1);
+            *s2 = _mm512_add_epi32(*s2, w2); *s3 = _mm512_add_epi32(*s3, w3);
+        }
+    }
+    /* acc[0..64) = s0..s3 (store), or += s0..s3. */
+    static inline __attribute__((always_inline)) void bsv_put64(
+            int32_t *acc, __m512i s0, __m512i s1, __m512i s2, __m512i s3, int store) {
+        if (!store) {
+            s0 = _mm512_add_epi32(s0, _mm512_loadu_si512((const void *)acc));
+            s1 = _mm512_add_epi32(s1, _mm512_loadu_si512((const void *)(acc + 16)));
+            s2 = _mm512_add_epi32(s2, _mm512_loadu_si512((const void *)(acc + 32)));
+            s3 = _mm512_add_epi32(s3, _mm512_loadu_si512((const void *)(acc + 48)));
+        }
+        _mm512_storeu_si512((void *)acc, s0);
+        _mm512_storeu_si512((void *)(acc + 16), s1);
+        _mm512_storeu_si512((void *)(acc + 32), s2);
+        _mm512_storeu_si512((void *)(acc + 48), s3);
+    }
+    static inline void bsv_flush64_avx512(int32_t *acc, __m512i lo, __m512i hi, __m128i sh,
+                                          int store, int negate) {
+        const __m512i z = _mm512_setzero_si512();
+        __m512i s0 = z, s1 = z, s2 = z, s3 = z;
+        bsv_widen64(lo, hi, sh, negate, &s0, &s1, &s2, &s3);
+        bsv_put64(acc, s0, s1, s2, s3, store);
     }
     #elif defined(__AVX2__)
     static inline void bsv_flush16_avx2(int32_t *acc, __m256i a, __m128i sh, int store,
@@ -479,25 +501,6 @@ cdef extern from *:
        (pos lists) or subtracted (neg lists). int32 lanes wrap like the scalar form, and
        the result is W.x for an x the converter bounded, so it is exact. cout % 256 == 0. */
     #define BSV_HAVE_LISTS 1
-    static inline __attribute__((always_inline)) void bsv_widen64(
-            __m512i lo, __m512i hi, __m128i sh, int neg, __m512i *s0, __m512i *s1,
-            __m512i *s2, __m512i *s3) {
-        const __m512i i0 = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
-        const __m512i i1 = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
-        const __m512i p0 = _mm512_permutex2var_epi64(lo, i0, hi);
-        const __m512i p1 = _mm512_permutex2var_epi64(lo, i1, hi);
-        const __m512i w0 = _mm512_sll_epi32(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(p0)), sh);
-        const __m512i w1 = _mm512_sll_epi32(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p0, 1)), sh);
-        const __m512i w2 = _mm512_sll_epi32(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(p1)), sh);
-        const __m512i w3 = _mm512_sll_epi32(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p1, 1)), sh);
-        if (neg) {
-            *s0 = _mm512_sub_epi32(*s0, w0); *s1 = _mm512_sub_epi32(*s1, w1);
-            *s2 = _mm512_sub_epi32(*s2, w2); *s3 = _mm512_sub_epi32(*s3, w3);
-        } else {
-            *s0 = _mm512_add_epi32(*s0, w0); *s1 = _mm512_add_epi32(*s1, w1);
-            *s2 = _mm512_add_epi32(*s2, w2); *s3 = _mm512_add_epi32(*s3, w3);
-        }
-    }
     static void bsv_accumulate_lists_i16(int32_t *acc, const int8_t *w, ptrdiff_t cout,
                                          const int32_t *pos, const ptrdiff_t *npos_rows,
                                          int npos, const int32_t *neg,
@@ -525,33 +528,10 @@ cdef extern from *:
                 bsv_widen64(a4, a5, sh, isneg, &s8, &s9, &s10, &s11);
                 bsv_widen64(a6, a7, sh, isneg, &s12, &s13, &s14, &s15);
             }
-            int32_t *o = acc + c0;
-            if (!store) {
-                s0 = _mm512_add_epi32(s0, _mm512_loadu_si512(o));
-                s1 = _mm512_add_epi32(s1, _mm512_loadu_si512(o + 16));
-                s2 = _mm512_add_epi32(s2, _mm512_loadu_si512(o + 32));
-                s3 = _mm512_add_epi32(s3, _mm512_loadu_si512(o + 48));
-                s4 = _mm512_add_epi32(s4, _mm512_loadu_si512(o + 64));
-                s5 = _mm512_add_epi32(s5, _mm512_loadu_si512(o + 80));
-                s6 = _mm512_add_epi32(s6, _mm512_loadu_si512(o + 96));
-                s7 = _mm512_add_epi32(s7, _mm512_loadu_si512(o + 112));
-                s8 = _mm512_add_epi32(s8, _mm512_loadu_si512(o + 128));
-                s9 = _mm512_add_epi32(s9, _mm512_loadu_si512(o + 144));
-                s10 = _mm512_add_epi32(s10, _mm512_loadu_si512(o + 160));
-                s11 = _mm512_add_epi32(s11, _mm512_loadu_si512(o + 176));
-                s12 = _mm512_add_epi32(s12, _mm512_loadu_si512(o + 192));
-                s13 = _mm512_add_epi32(s13, _mm512_loadu_si512(o + 208));
-                s14 = _mm512_add_epi32(s14, _mm512_loadu_si512(o + 224));
-                s15 = _mm512_add_epi32(s15, _mm512_loadu_si512(o + 240));
-            }
-            _mm512_storeu_si512(o, s0); _mm512_storeu_si512(o + 16, s1);
-            _mm512_storeu_si512(o + 32, s2); _mm512_storeu_si512(o + 48, s3);
-            _mm512_storeu_si512(o + 64, s4); _mm512_storeu_si512(o + 80, s5);
-            _mm512_storeu_si512(o + 96, s6); _mm512_storeu_si512(o + 112, s7);
-            _mm512_storeu_si512(o + 128, s8); _mm512_storeu_si512(o + 144, s9);
-            _mm512_storeu_si512(o + 160, s10); _mm512_storeu_si512(o + 176, s11);
-            _mm512_storeu_si512(o + 192, s12); _mm512_storeu_si512(o + 208, s13);
-            _mm512_storeu_si512(o + 224, s14); _mm512_storeu_si512(o + 240, s15);
+            bsv_put64(acc + c0, s0, s1, s2, s3, store);
+            bsv_put64(acc + c0 + 64, s4, s5, s6, s7, store);
+            bsv_put64(acc + c0 + 128, s8, s9, s10, s11, store);
+            bsv_put64(acc + c0 + 192, s12, s13, s14, s15, store);
         }
     }
     #else
