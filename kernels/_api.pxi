@@ -652,6 +652,40 @@ def _accumulate_delta_paths(now, before, const int8_t[:, ::1] weight not None, v
     return a
 
 
+def _accumulate_planes3_paths(counts, const int8_t[:, ::1] w0 not None,
+                              const int8_t[:, ::1] w1 not None, const int8_t[:, ::1] w2 not None,
+                              variant=None):
+    """accumulate_planes3 (the engine's Q/K/V pass) of uint8 counts [cin] into three
+    weights of one shape: three int32 arrays [cout]. Oracle: counts.astype(int64) @ w_k."""
+    cdef const CoreTable* tb = _core(variant)
+    c = np.asarray(counts)
+    if c.dtype != np.uint8 or c.shape != (w0.shape[0],):
+        raise ValueError(f"counts must be uint8 [{w0.shape[0]}]")
+    ws = [np.asarray(w0), np.asarray(w1), np.asarray(w2)]
+    if ws[1].shape != ws[0].shape or ws[2].shape != ws[0].shape:
+        raise ValueError("the three weights must have one shape")
+    for w in ws:
+        _check_acc_bound(c[None], w, "_accumulate_planes3_paths")
+    cdef uint8_t[:, ::1] x = _padded_u8(c[None], "counts")
+    cdef const uint8_t[::1] r0 = _rowmax(w0)
+    cdef const uint8_t[::1] r1 = _rowmax(w1)
+    cdef const uint8_t[::1] r2 = _rowmax(w2)
+    cdef Py_ssize_t words = x.shape[1] // 64, cout = w0.shape[1], stride = 64 * words + 16
+    lists = np.zeros(8 * stride, dtype=np.int32)
+    cnts = np.zeros(MAX_PLANES, dtype=np.intp)
+    cdef int32_t[::1] lv = lists
+    cdef Py_ssize_t[::1] cv = cnts
+    out = [np.zeros(cout, dtype=np.int32) for _ in range(3)]
+    cdef int32_t[::1] a0 = out[0], a1 = out[1], a2 = out[2]
+    if cout == 0 or w0.shape[0] == 0:
+        return out
+    with nogil:
+        tb.plane_lists(&x[0, 0], words, 8, &lv[0], stride, &cv[0])
+        tb.accumulate_planes3(&a0[0], &a1[0], &a2[0], &w0[0, 0], &w1[0, 0], &w2[0, 0],
+                              &r0[0], &r1[0], &r2[0], cout, &lv[0], stride, &cv[0], 8, 1, 0)
+    return out
+
+
 # -- benchmark helper ------------------------------------------------------------------------
 
 def bench_accumulate_rows(const int8_t[:, ::1] weight not None,

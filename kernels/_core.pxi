@@ -49,6 +49,10 @@ cdef struct CoreTable:
                         Py_ssize_t) noexcept nogil
     void (*accumulate_delta)(int32_t*, const int8_t*, Py_ssize_t, const uint8_t*,
                              const int32_t*, Py_ssize_t, const Py_ssize_t*, int) noexcept nogil
+    void (*accumulate_planes3)(int32_t*, int32_t*, int32_t*, const int8_t*, const int8_t*,
+                               const int8_t*, const uint8_t*, const uint8_t*, const uint8_t*,
+                               Py_ssize_t, const int32_t*, Py_ssize_t, const Py_ssize_t*, int,
+                               int, int) noexcept nogil
 
 
 cdef CoreTable _table
@@ -77,6 +81,7 @@ _table.dbssa_token = dbssa_token
 _table.run_image = run_image
 _table.delta_parts = delta_parts
 _table.accumulate_delta = accumulate_delta
+_table.accumulate_planes3 = accumulate_planes3
 
 VARIANT = (<bytes>VARIANT_NAME).decode()
 CAPSULE_NAME = "bsvit_int.CoreTable"

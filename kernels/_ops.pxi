@@ -183,12 +183,14 @@ cdef void accumulate_planes(int32_t* acc, const int8_t* w, Py_ssize_t cout,
     registers, widened and shifted into acc once per plane (or per run: rowmax[j] =
     max_o |w[j, o]| bounds a run's partial sums by 32767). Every int32 partial sum is
     bounded by Σ_j x[j]·|w[j, o]|, which the converter proved fits int32, in whatever
-    order the rows are added. (Measured: merging all planes into one int16 pass with
-    shifted pairs was 2-3 % slower on the benchmark model, so planes stay separate.)
-    Where this build has bsv_accumulate_lists_i16, cout is whole 256-column blocks and no
-    plane needs cutting, all planes go in one call that keeps the int32 sums in registers
-    and writes acc once (with the temporal delta's two halves in one call, accumulate_delta:
-    1-3 % less engine time on the benchmark model, interleaved A/B).
+    order the rows are added. Where this build has bsv_accumulate_lists_i16, cout is whole
+    256-column blocks and no plane needs cutting, all planes go in one call instead: the
+    int32 sums stay in registers and acc is written once, and consecutive planes share an
+    int16 pass where their weighted rows fit (with the temporal delta's two halves in the
+    same call, accumulate_delta). Measured on the benchmark model, interleaved A/B: 1-3 %
+    less engine time for the call, 1.6-1.7 % more for the shared passes. (Merging every
+    plane into one int16 pass regardless, cut wherever the budget runs out, measured 2-3 %
+    slower.)
     """
     _accumulate_planes(acc, w, cout, rowmax, lists, stride, counts, nplanes, False, 1, 0)
 
@@ -209,9 +211,9 @@ cdef void accumulate_planes3(int32_t* acc0, int32_t* acc1, int32_t* acc2,
                              int negate) noexcept nogil:
     """The same plane lists into three layers of one shape (Q, K, V), as three
     accumulate_planes (store 1) or additions into acc (store 0; negate: subtractions, the
-    negative half of a temporal delta): in one pass
-    over the rows for all three where this build has bsv_accumulate_rows3_i16 and every
-    plane's rows fit the int16 budget unchecked (fewer than 256), else layer by layer."""
+    negative half of a temporal delta): in one pass over the rows for all three where
+    this build has bsv_accumulate_lists3_i16 and every plane's rows fit the int16 budget
+    unchecked (fewer than 256), else layer by layer."""
     cdef int b
     cdef bint fused = BSV_HAVE_ROWS3 != 0 and cout % 256 == 0
     for b in range(nplanes):
@@ -225,16 +227,8 @@ cdef void accumulate_planes3(int32_t* acc0, int32_t* acc1, int32_t* acc2,
         _accumulate_planes(acc2, w2, cout, rm2, lists, stride, counts, nplanes, False, store,
                            negate)
         return
-    for b in range(nplanes):
-        if counts[b] == 0:
-            continue
-        bsv_accumulate_rows3_i16(acc0, acc1, acc2, w0, w1, w2, cout, lists + b * stride,
-                                 counts[b], b, store, negate)
-        store = 0
-    if store:
-        memset(acc0, 0, cout * sizeof(int32_t))
-        memset(acc1, 0, cout * sizeof(int32_t))
-        memset(acc2, 0, cout * sizeof(int32_t))
+    bsv_accumulate_lists3_i16(acc0, acc1, acc2, w0, w1, w2, cout, lists, stride, counts,
+                              nplanes, store, negate)
 
 
 cdef void accumulate_macs(int32_t* acc, const int8_t* w, Py_ssize_t cout,

@@ -48,6 +48,9 @@ def spikes_u8(rng, shape, hi, fill, rate=0.3):
 def weights_i8(rng, shape, kind="random"):
     if kind == "max":
         return np.where(rng.random(shape) < 0.5, 127, -127).astype(np.int8)
+    if kind == "column_sign":       # ±127 with one sign per column: the int16 worst case
+        signs = np.where(rng.random(shape[-1]) < 0.5, 127, -127).astype(np.int8)
+        return np.ascontiguousarray(np.broadcast_to(signs, shape))
     return rng.integers(-127, 128, shape, dtype=np.int64).astype(np.int8)
 
 
@@ -313,7 +316,7 @@ def test_accumulate_planes_simd_equal_scalar_equal_oracle(seed, cin, cout, hi, f
 @SETTINGS
 @given(seed=st.integers(0, 2**32 - 1), cin=st.sampled_from([1, 63, 64, 200, 256, 300]),
        cout=st.sampled_from([256, 320, 512, 1024]), hi=st.sampled_from([1, 4, 15, 36, 255]),
-       fill=fills, wkind=st.sampled_from(["random", "max"]),
+       fill=fills, wkind=st.sampled_from(["random", "max", "column_sign"]),
        change=st.sampled_from([0.0, 0.1, 0.5, 1.0]))
 def test_accumulate_planes_and_delta_in_256_column_blocks_equal_oracle(
         seed, cin, cout, hi, fill, wkind, change):
@@ -332,6 +335,23 @@ def test_accumulate_planes_and_delta_in_256_column_blocks_equal_oracle(
         expect_equal(scalar, want, f"{v} accumulate_planes scalar")
         expect_equal(K._accumulate_delta_paths(now, before, w, variant=v), want,
                      f"{v} accumulate_delta")
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), cin=st.sampled_from([1, 63, 200, 256, 300]),
+       cout=st.sampled_from([64, 256, 512]), hi=st.sampled_from([1, 3, 7, 15, 36, 255]),
+       fill=fills, wkind=st.sampled_from(["random", "max", "column_sign"]))
+def test_accumulate_planes3_equal_oracle(seed, cin, cout, hi, fill, wkind):
+    """The Q/K/V pass: three weights from one set of plane lists (on whole 256-column
+    blocks, consecutive planes share an int16 pass while their weighted rows fit)."""
+    rng = rng_of(seed)
+    x = spikes_u8(rng, cin, hi, fill, rate=float(rng.choice([0.05, 0.3, 0.7, 1.0])))
+    ws = [weights_i8(rng, (cin, cout), wkind) for _ in range(3)]
+    for v in VARIANTS:
+        got = K._accumulate_planes3_paths(x, *ws, variant=v)
+        for k in range(3):
+            expect_equal(got[k], x.astype(np.int64) @ ws[k].astype(np.int64),
+                         f"{v} accumulate_planes3[{k}]")
 
 
 # -- the C helpers, compiled alone for each target (NEON under qemu-aarch64) ---------------
