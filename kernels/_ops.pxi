@@ -132,17 +132,23 @@ cdef inline void _accumulate_planes(int32_t* acc, const int8_t* w, Py_ssize_t co
         memset(acc, 0, cout * sizeof(int32_t))
 
 
-cdef inline bint _lists_fit(Py_ssize_t cout, const Py_ssize_t* counts,
-                            int nplanes) noexcept nogil:
-    """Whether bsv_accumulate_lists_i16 can take these lists: this build has it, whole
-    256-column blocks, and every list within the int16 budget unsplit."""
+cdef inline bint _blocks_fit(Py_ssize_t cout, const Py_ssize_t* counts,
+                             int nplanes) noexcept nogil:
+    """Whole 256-column blocks, and every list within the int16 budget unsplit (at most
+    255 rows): what the grouped passes (bsv_accumulate_lists_i16, _lists3_i16) take."""
     cdef int b
-    if BSV_HAVE_LISTS == 0 or cout % 256 != 0:
+    if cout % 256 != 0:
         return False
     for b in range(nplanes):
         if counts[b] * 128 > I16_BUDGET:
             return False
     return True
+
+
+cdef inline bint _lists_fit(Py_ssize_t cout, const Py_ssize_t* counts,
+                            int nplanes) noexcept nogil:
+    """Whether bsv_accumulate_lists_i16 can take these lists."""
+    return BSV_HAVE_LISTS != 0 and _blocks_fit(cout, counts, nplanes)
 
 
 cdef void accumulate_delta(int32_t* acc, const int8_t* w, Py_ssize_t cout,
@@ -214,12 +220,7 @@ cdef void accumulate_planes3(int32_t* acc0, int32_t* acc1, int32_t* acc2,
     negative half of a temporal delta): in one pass over the rows for all three where
     this build has bsv_accumulate_lists3_i16 and every plane's rows fit the int16 budget
     unchecked (fewer than 256), else layer by layer."""
-    cdef int b
-    cdef bint fused = BSV_HAVE_ROWS3 != 0 and cout % 256 == 0
-    for b in range(nplanes):
-        if counts[b] * 128 > I16_BUDGET:
-            fused = False
-    if not fused:
+    if not (BSV_HAVE_ROWS3 != 0 and _blocks_fit(cout, counts, nplanes)):
         _accumulate_planes(acc0, w0, cout, rm0, lists, stride, counts, nplanes, False, store,
                            negate)
         _accumulate_planes(acc1, w1, cout, rm1, lists, stride, counts, nplanes, False, store,
