@@ -24,10 +24,9 @@ Work counts (from the engine's recorded spikes on the same images): `firing_rate
 fraction of neuron-steps (every neuron layer, channel, token and step) with a non-zero
 spike; `sops_per_image` are the synaptic operations of the weighted spike layers (q, k, v,
 proj, fc1, fc2): Σ input count × fan-out, the usual count for burst inputs; the engine
-performs them as `row_adds_per_image` row additions (with count lists, the AVX-512
-builds: one per nonzero count, the row multiplied by the count; with plane lists: one per
-set bit of a count; and for the layers that read the residual stream, of the change since
-the previous step when that is cheaper). Attention adds and the embedding's multiplications are reported apart.
+performs them as `row_adds_per_image` row additions (one per set bit of a count, and for
+the layers that read the residual stream, of the change since the previous step when that
+is cheaper). Attention adds and the embedding's multiplications are reported apart.
 
 Roofline: the innermost accumulate loop alone (bsvit_int._kernels.bench_accumulate_rows:
 the same function the engine calls), on the model's own weight matrices with 15 % of the
@@ -73,31 +72,26 @@ def ensure_model(model_dir: str):
 
 # -- work counts -------------------------------------------------------------------------
 
-def _row_adds(a: np.ndarray, count_lists: bool = False) -> np.ndarray:
-    """Row additions over the last axis: Σ popcount(count) for plane lists; the nonzero
-    counts for count lists (counts <= 127, whole 256-column blocks: the benchmark model)."""
+def _row_adds(a: np.ndarray) -> np.ndarray:
+    """Σ over the last axis of popcount(count): the row additions of plane lists."""
     a = np.abs(a.astype(np.int64))
-    if count_lists:
-        return (a != 0).sum(-1)
     return sum(((a >> b) & 1) for b in range(9)).sum(-1)
 
 
-def _stream_row_adds(x: np.ndarray, margin: int = 16, count_lists: bool = False) -> int:
+def _stream_row_adds(x: np.ndarray, margin: int = 16) -> int:
     """Row additions the engine performs for a stream input x [T, N, C]: at t >= 1 the
     temporal delta when it is cheaper by more than `margin` (the engine's rule)."""
-    full = _row_adds(x, count_lists)                             # [T, N]
+    full = _row_adds(x)                                          # [T, N]
     cost = full.copy()
     if x.shape[0] > 1:
         d = x[1:].astype(np.int64) - x[:-1]
-        delta = (_row_adds(np.maximum(d, 0), count_lists)
-                 + _row_adds(np.maximum(-d, 0), count_lists))
+        delta = _row_adds(np.maximum(d, 0)) + _row_adds(np.maximum(-d, 0))
         cost[1:] = np.where(delta + margin < full[1:], delta, full[1:])
     return int(cost.sum())
 
 
-def work_counts(cfg, record: dict, count_lists: bool = False) -> dict:
-    """Firing rate, SOPs and row additions per image from one image's recorded spikes
-    (count_lists: the kernels' build has count lists)."""
+def work_counts(cfg, record: dict) -> dict:
+    """Firing rate, SOPs and row additions per image from one image's recorded spikes."""
     nz = total = 0
     for s in record.values():
         nz += int(np.count_nonzero(s))
@@ -127,9 +121,8 @@ def work_counts(cfg, record: dict, count_lists: bool = False) -> dict:
         for inp, fanout, stream in ((x, 3 * d, True), (a, d, False), (x1, dm, True),
                                     (h, d, False)):
             sops += int(inp.astype(np.int64).sum()) * fanout
-            rows_no_delta += int(_row_adds(inp, count_lists).sum()) * fanout
-            rows += (_stream_row_adds(inp, count_lists=count_lists) if stream
-                     else int(_row_adds(inp, count_lists).sum())) * fanout
+            rows_no_delta += int(_row_adds(inp).sum()) * fanout
+            rows += (_stream_row_adds(inp) if stream else int(_row_adds(inp).sum())) * fanout
         x = x1 + record[p + "mlp.fc2"][0]
     return {"firing_rate": nz / total, "sops": sops, "row_adds": rows,
             "row_adds_without_delta": rows_no_delta,
@@ -300,11 +293,10 @@ def main(argv=None) -> int:
 
     # Work counts on the timed images.
     counts = []
-    count_lists = bool(_kernels.variant_info(eng1._runner.variant).get("count_lists"))
     for img in images:
         rec = {}
         eng1.predict(img, rec)
-        counts.append(work_counts(eng1.config, rec, count_lists))
+        counts.append(work_counts(eng1.config, rec))
     avg = {k: float(np.mean([c[k] for c in counts])) for k in counts[0]}
 
     roof = roofline(_kernels, eng1.tensors, eng1.config)

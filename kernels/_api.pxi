@@ -75,12 +75,10 @@ cdef const CoreTable* _core(variant) except NULL:
 
 
 def variant_info(variant=None):
-    """dict: variant, SIMD path of the byte masks, popcount kind, whether the layers take
-    count lists (input_lists), of a build."""
+    """dict: variant, SIMD path of the byte masks, popcount kind, of a build."""
     cdef const CoreTable* tb = _core(variant)
     return {"variant": (<bytes>tb.variant).decode(), "simd": (<bytes>tb.simd).decode(),
-            "popcount": (<bytes>tb.popcount).decode(), "cols": COLS,
-            "count_lists": bool(tb.count_lists)}
+            "popcount": (<bytes>tb.popcount).decode(), "cols": COLS}
 
 
 def _threads(threads):
@@ -244,9 +242,8 @@ def accumulate_u8(counts, const int8_t[:, ::1] weight not None, threads=1, varia
     """acc[r, o] = Σ_j counts[r, j] · weight[j, o], int32 [R, cout], addition only.
 
     counts: uint8 [R, cin] spike counts (binary spikes are counts 0/1); weight: int8
-    [cin, cout] input-major. The engine's lists (input_lists): each nonzero count adds its
-    row once, multiplied by the count, where the build has count lists; else once per set
-    bit, shifted (bit-plane lists). OpenMP over rows when threads > 1.
+    [cin, cout] input-major. Each count adds its row once per set bit, shifted (bit-plane
+    lists + accumulate_rows_i16). OpenMP over rows when threads > 1.
     Oracle: the `acc` of bsvit_int.oracle.current, i.e. counts.astype(int64) @ weight.
     """
     cdef const CoreTable* tb = _core(variant)
@@ -275,9 +272,8 @@ def accumulate_u8(counts, const int8_t[:, ::1] weight not None, threads=1, varia
     with nogil, parallel(num_threads=nthreads):
         tid = threadid()
         for r in prange(rows, schedule="static"):
-            tb.accumulate_planes(&o[r, 0], wp, cout, rp, &lv[tid, 0], stride, &cv[tid, 0],
-                                 tb.input_lists(&x[r, 0], words, 8, cout, &lv[tid, 0],
-                                                stride, &cv[tid, 0]))
+            tb.plane_lists(&x[r, 0], words, 8, &lv[tid, 0], stride, &cv[tid, 0])
+            tb.accumulate_planes(&o[r, 0], wp, cout, rp, &lv[tid, 0], stride, &cv[tid, 0], 8)
     return out
 
 
@@ -593,9 +589,9 @@ def _accumulate_rows_paths(const int8_t[:, ::1] weight not None,
 
 
 def _accumulate_planes_paths(counts, const int8_t[:, ::1] weight not None, variant=None):
-    """(the engine's lists (input_lists) + accumulate_planes, this build's accumulate_planes
-    of the bit-plane lists, the scalar fallback of them) of Σ_j counts[j]·weight[j, :] for
-    uint8 counts [cin], as three int32 arrays [cout]. Oracle: counts.astype(int64) @ weight."""
+    """(this build's accumulate_planes, the scalar fallback) of Σ_j counts[j]·weight[j, :]
+    for uint8 counts [cin], via the bit-plane lists, as two int32 arrays [cout].
+    Oracle: counts.astype(int64) @ weight."""
     cdef const CoreTable* tb = _core(variant)
     c = np.asarray(counts)
     if c.dtype != np.uint8 or c.shape != (weight.shape[0],):
@@ -608,30 +604,23 @@ def _accumulate_planes_paths(counts, const int8_t[:, ::1] weight not None, varia
     cnts = np.zeros(MAX_PLANES, dtype=np.intp)
     cdef int32_t[::1] lv = lists
     cdef Py_ssize_t[::1] cv = cnts
-    e = np.zeros(cout, dtype=np.int32)
     a = np.zeros(cout, dtype=np.int32)
     b = np.zeros(cout, dtype=np.int32)
-    cdef int32_t[::1] ev = e, av = a, bv = b
-    cdef int planes
+    cdef int32_t[::1] av = a, bv = b
     if cout == 0 or weight.shape[0] == 0:
-        return e, a, b
+        return a, b
     with nogil:
-        planes = tb.input_lists(&x[0, 0], words, 8, cout, &lv[0], stride, &cv[0])
-        tb.accumulate_planes(&ev[0], &weight[0, 0], cout, &rmax[0], &lv[0], stride, &cv[0],
-                             planes)
         tb.plane_lists(&x[0, 0], words, 8, &lv[0], stride, &cv[0])
         tb.accumulate_planes(&av[0], &weight[0, 0], cout, &rmax[0], &lv[0], stride, &cv[0], 8)
         tb.accumulate_planes_scalar(&bv[0], &weight[0, 0], cout, &rmax[0], &lv[0], stride,
                                     &cv[0], 8)
-    return e, a, b
+    return a, b
 
 
-def _accumulate_delta_paths(now, before, const int8_t[:, ::1] weight not None, variant=None,
-                            bint planes=False):
+def _accumulate_delta_paths(now, before, const int8_t[:, ::1] weight not None, variant=None):
     """Σ_j now[j]·weight[j, :] as the engine's temporal delta computes it: accumulate_planes
-    of `before`, then accumulate_delta of the change (delta_parts, both halves' lists: the
-    engine's input_lists, or with planes=True the bit-plane lists). now, before: uint8
-    [cin]. Oracle: now.astype(int64) @ weight."""
+    of `before`, then accumulate_delta of the change (delta_parts, both halves' plane
+    lists). now, before: uint8 [cin]. Oracle: now.astype(int64) @ weight."""
     cdef const CoreTable* tb = _core(variant)
     a_now, a_before = np.asarray(now), np.asarray(before)
     for a, name in ((a_now, "now"), (a_before, "before")):
@@ -653,33 +642,21 @@ def _accumulate_delta_paths(now, before, const int8_t[:, ::1] weight not None, v
     cdef int32_t[::1] av = a
     if cout == 0 or weight.shape[0] == 0:
         return a
-    cdef int fp = 8, fn = 8
     with nogil:
-        if planes:
-            tb.plane_lists(&xb[0, 0], words, 8, &lv[0], stride, &cv[0])
-        else:
-            fp = tb.input_lists(&xb[0, 0], words, 8, cout, &lv[0], stride, &cv[0])
-        tb.accumulate_planes(&av[0], &weight[0, 0], cout, &rmax[0], &lv[0], stride, &cv[0],
-                             fp)
+        tb.plane_lists(&xb[0, 0], words, 8, &lv[0], stride, &cv[0])
+        tb.accumulate_planes(&av[0], &weight[0, 0], cout, &rmax[0], &lv[0], stride, &cv[0], 8)
         tb.delta_parts(&pv[0], &nv[0], &xn[0, 0], &xb[0, 0], 64 * words)
-        if planes:
-            tb.plane_lists(&pv[0], words, 8, &lv[0], stride, &cv[0])
-            tb.plane_lists(&nv[0], words, 8, &lv[DELTA_NEG * stride], stride, &cv[DELTA_NEG])
-        else:
-            fp = tb.input_lists(&pv[0], words, 8, cout, &lv[0], stride, &cv[0])
-            fn = tb.input_lists(&nv[0], words, 8, cout, &lv[DELTA_NEG * stride], stride,
-                                &cv[DELTA_NEG])
-        tb.accumulate_delta(&av[0], &weight[0, 0], cout, &rmax[0], &lv[0], stride, &cv[0], fp,
-                            fn)
+        tb.plane_lists(&pv[0], words, 8, &lv[0], stride, &cv[0])
+        tb.plane_lists(&nv[0], words, 8, &lv[DELTA_NEG * stride], stride, &cv[DELTA_NEG])
+        tb.accumulate_delta(&av[0], &weight[0, 0], cout, &rmax[0], &lv[0], stride, &cv[0], 8)
     return a
 
 
 def _accumulate_planes3_paths(counts, const int8_t[:, ::1] w0 not None,
                               const int8_t[:, ::1] w1 not None, const int8_t[:, ::1] w2 not None,
-                              variant=None, bint planes=False):
+                              variant=None):
     """accumulate_planes3 (the engine's Q/K/V pass) of uint8 counts [cin] into three
-    weights of one shape, from the engine's input_lists (or with planes=True the bit-plane
-    lists): three int32 arrays [cout]. Oracle: counts.astype(int64) @ w_k."""
+    weights of one shape: three int32 arrays [cout]. Oracle: counts.astype(int64) @ w_k."""
     cdef const CoreTable* tb = _core(variant)
     c = np.asarray(counts)
     if c.dtype != np.uint8 or c.shape != (w0.shape[0],):
@@ -702,14 +679,10 @@ def _accumulate_planes3_paths(counts, const int8_t[:, ::1] w0 not None,
     cdef int32_t[::1] a0 = out[0], a1 = out[1], a2 = out[2]
     if cout == 0 or w0.shape[0] == 0:
         return out
-    cdef int form = 8
     with nogil:
-        if planes:
-            tb.plane_lists(&x[0, 0], words, 8, &lv[0], stride, &cv[0])
-        else:
-            form = tb.input_lists(&x[0, 0], words, 8, cout, &lv[0], stride, &cv[0])
+        tb.plane_lists(&x[0, 0], words, 8, &lv[0], stride, &cv[0])
         tb.accumulate_planes3(&a0[0], &a1[0], &a2[0], &w0[0, 0], &w1[0, 0], &w2[0, 0],
-                              &r0[0], &r1[0], &r2[0], cout, &lv[0], stride, &cv[0], form, 1, 0)
+                              &r0[0], &r1[0], &r2[0], cout, &lv[0], stride, &cv[0], 8, 1, 0)
     return out
 
 

@@ -48,15 +48,11 @@ cdef struct CoreTable:
     void (*delta_parts)(uint8_t*, uint8_t*, const uint8_t*, const uint8_t*,
                         Py_ssize_t) noexcept nogil
     void (*accumulate_delta)(int32_t*, const int8_t*, Py_ssize_t, const uint8_t*,
-                             const int32_t*, Py_ssize_t, const Py_ssize_t*, int,
-                             int) noexcept nogil
+                             const int32_t*, Py_ssize_t, const Py_ssize_t*, int) noexcept nogil
     void (*accumulate_planes3)(int32_t*, int32_t*, int32_t*, const int8_t*, const int8_t*,
                                const int8_t*, const uint8_t*, const uint8_t*, const uint8_t*,
                                Py_ssize_t, const int32_t*, Py_ssize_t, const Py_ssize_t*, int,
                                int, int) noexcept nogil
-    int (*input_lists)(const uint8_t*, Py_ssize_t, int, Py_ssize_t, int32_t*, Py_ssize_t,
-                       Py_ssize_t*) noexcept nogil
-    int count_lists
 
 
 cdef CoreTable _table
@@ -86,8 +82,6 @@ _table.run_image = run_image
 _table.delta_parts = delta_parts
 _table.accumulate_delta = accumulate_delta
 _table.accumulate_planes3 = accumulate_planes3
-_table.input_lists = input_lists
-_table.count_lists = BSV_HAVE_COUNTS
 
 VARIANT = (<bytes>VARIANT_NAME).decode()
 CAPSULE_NAME = "bsvit_int.CoreTable"

@@ -101,11 +101,11 @@ cdef inline int8_t* _rec(Shared* sh, Py_ssize_t slot) noexcept nogil:
     return sh.rec[slot] if sh.rec != NULL else NULL
 
 
-cdef inline void _project(const Linear* L, Scratch* sc, int planes, int32_t* membrane,
-                          int leak, int kind, int spike_max, uint8_t* out) noexcept nogil:
-    """One step of a weighted layer from the lists already in sc (input_lists returned
-    planes; spec ops 1-2)."""
-    accumulate_planes(sc.acc, L.w, L.cout, L.rowmax, sc.lists, sc.stride, sc.counts, planes)
+cdef inline void _project(const Linear* L, Scratch* sc, int32_t* membrane, int leak,
+                          int kind, int spike_max, uint8_t* out) noexcept nogil:
+    """One step of a weighted layer from the plane lists already in sc (spec ops 1-2)."""
+    accumulate_planes(sc.acc, L.w, L.cout, L.rowmax, sc.lists, sc.stride, sc.counts,
+                      L.in_planes)
     neuron_step(membrane, sc.acc, L.shift, L.bias, L.theta, leak, kind, spike_max, out, L.cout)
 
 
@@ -114,28 +114,22 @@ cdef inline void _project(const Linear* L, Scratch* sc, int planes, int32_t* mem
 # instead when that costs fewer row additions: acc += W·max(x_t - x_t-1, 0), then
 # acc -= W·max(x_t-1 - x_t, 0). Every intermediate value is W·y with 0 <= y <= xmax
 # elementwise (first towards max(x_t-1, x_t), then down to x_t), so it stays within the
-# bound the converter proved for W·x (where both halves go in one pass, int32 sums in
-# registers, they wrap like the scalar form and end at that exact value). Row additions are
-# counted as the lists will do them (list_cost: nonzero counts for count lists, set bits
-# for plane lists; counting set bits for count lists measured 1-2 % slower).
-# Net.delta_margin (row additions, default 16) pays for the second list and its flushes.
-# Measured: about 10 % fewer row additions and 8-10 % less time on the benchmark model.
+# bound the converter proved for W·x. Net.delta_margin (row additions, default 16) pays
+# for the second list and its flushes. Measured: about 10 % fewer row additions and 8-10 %
+# less time on the benchmark model.
 cdef inline bint _use_delta(const Net* net, Scratch* sc, const uint8_t* now,
                             const uint8_t* before, Py_ssize_t d,
-                            Py_ssize_t nwords, Py_ssize_t cout) noexcept nogil:
+                            Py_ssize_t nwords) noexcept nogil:
     delta_parts(sc.dpos, sc.dneg, now, before, d)
-    return (list_cost(sc.dpos, nwords, cout) + list_cost(sc.dneg, nwords, cout)
-            + net.delta_margin < list_cost(now, nwords, cout))
+    return (row_adds_u8(sc.dpos, nwords) + row_adds_u8(sc.dneg, nwords) + net.delta_margin
+            < row_adds_u8(now, nwords))
 
 
 cdef inline void _qkv_planes(const Linear* lq, const Linear* lk, const Linear* lv,
-                             Scratch* sc, const uint8_t* x, Py_ssize_t nw, int store,
-                             int negate) noexcept nogil:
-    cdef int planes = input_lists(x, nw, lq.in_planes, lq.cout, sc.lists, sc.stride,
-                                  sc.counts)
+                             Scratch* sc, int store, int negate) noexcept nogil:
     accumulate_planes3(sc.accq, sc.acck, sc.accv, lq.w, lk.w, lv.w, lq.rowmax, lk.rowmax,
-                       lv.rowmax, lq.cout, sc.lists, sc.stride, sc.counts, planes, store,
-                       negate)
+                       lv.rowmax, lq.cout, sc.lists, sc.stride, sc.counts, lq.in_planes,
+                       store, negate)
 
 
 cdef void _embed_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t n) noexcept nogil:
@@ -178,11 +172,14 @@ cdef void _qkv_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t l,
     for t in range(net.T):
         tok = t * net.N + n
         x = sh.X + tok * dp
-        if t > 0 and _use_delta(net, sc, x, x - net.N * dp, net.D, nw, lq.cout):
-            _qkv_planes(lq, lk, lv, sc, sc.dpos, nw, 0, 0)
-            _qkv_planes(lq, lk, lv, sc, sc.dneg, nw, 0, 1)
+        if t > 0 and _use_delta(net, sc, x, x - net.N * dp, net.D, nw):
+            plane_lists(sc.dpos, nw, lq.in_planes, sc.lists, sc.stride, sc.counts)
+            _qkv_planes(lq, lk, lv, sc, 0, 0)
+            plane_lists(sc.dneg, nw, lq.in_planes, sc.lists, sc.stride, sc.counts)
+            _qkv_planes(lq, lk, lv, sc, 0, 1)
         else:
-            _qkv_planes(lq, lk, lv, sc, x, nw, 1, 0)
+            plane_lists(x, nw, lq.in_planes, sc.lists, sc.stride, sc.counts)
+            _qkv_planes(lq, lk, lv, sc, 1, 0)
         neuron_step(sc.mem0, sc.accq, lq.shift, lq.bias, lq.theta, net.leak, KIND_BURST, 1,
                     sc.sbuf, net.D)
         pack_test_u64(sc.sbuf, nw, 0xff, qb + tok * nw)
@@ -207,7 +204,6 @@ cdef void _attn_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t l,
     cdef Py_ssize_t nw = net.dwords, dp = 64 * net.dwords, t, base
     cdef Py_ssize_t slot = 1 + REC_PER_BLOCK * l
     cdef Py_ssize_t first = net.nbr_start[i], count = net.nbr_count[i]
-    cdef int planes
     cdef Py_ssize_t half = (l & 1) * net.T * net.N * nw
     memset(sc.mem0, 0, net.D * sizeof(int32_t))
     memset(sc.mem1, 0, net.D * sizeof(int32_t))
@@ -220,9 +216,8 @@ cdef void _attn_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t l,
         neuron_step(sc.mem0, sc.o, 0, sc.zeros, net.attn_theta[l], net.leak, KIND_BURST,
                     net.bmax, sc.abuf, net.D)
         _record(_rec(sh, slot + 3), sc.abuf, t, i, net.N, net.D)
-        planes = input_lists(sc.abuf, nw, lp.in_planes, lp.cout, sc.lists, sc.stride,
-                             sc.counts)
-        _project(lp, sc, planes, sc.mem1, net.leak, KIND_BURST, net.bmax, sc.sbuf)
+        plane_lists(sc.abuf, nw, lp.in_planes, sc.lists, sc.stride, sc.counts)
+        _project(lp, sc, sc.mem1, net.leak, KIND_BURST, net.bmax, sc.sbuf)
         _record(_rec(sh, slot + 4), sc.sbuf, t, i, net.N, net.D)
         add_spikes_u8(sh.X + (base + i) * dp, sc.sbuf, net.D)
 
@@ -235,24 +230,20 @@ cdef void _fc1_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t l,
     cdef Py_ssize_t slot = 1 + REC_PER_BLOCK * l
     cdef uint8_t* x
     cdef uint8_t* h
-    cdef int planes, planes_neg
     memset(sc.mem3, 0, net.Dm * sizeof(int32_t))
     for t in range(net.T):
         base = t * net.N
         x = sh.X + (base + i) * dp
-        if t > 0 and _use_delta(net, sc, x, x - net.N * dp, net.D, nw, l1.cout):
-            planes = input_lists(sc.dpos, nw, l1.in_planes, l1.cout, sc.lists, sc.stride,
-                                 sc.counts)
-            planes_neg = input_lists(sc.dneg, nw, l1.in_planes, l1.cout,
-                                     sc.lists + DELTA_NEG * sc.stride, sc.stride,
-                                     sc.counts + DELTA_NEG)
+        if t > 0 and _use_delta(net, sc, x, x - net.N * dp, net.D, nw):
+            plane_lists(sc.dpos, nw, l1.in_planes, sc.lists, sc.stride, sc.counts)
+            plane_lists(sc.dneg, nw, l1.in_planes, sc.lists + DELTA_NEG * sc.stride,
+                        sc.stride, sc.counts + DELTA_NEG)
             accumulate_delta(sc.acc1, l1.w, l1.cout, l1.rowmax, sc.lists, sc.stride,
-                             sc.counts, planes, planes_neg)
+                             sc.counts, l1.in_planes)
         else:
-            planes = input_lists(x, nw, l1.in_planes, l1.cout, sc.lists, sc.stride,
-                                 sc.counts)
+            plane_lists(x, nw, l1.in_planes, sc.lists, sc.stride, sc.counts)
             accumulate_planes(sc.acc1, l1.w, l1.cout, l1.rowmax, sc.lists, sc.stride,
-                              sc.counts, planes)
+                              sc.counts, l1.in_planes)
         h = sh.H + (base + i) * dmp
         neuron_step(sc.mem3, sc.acc1, l1.shift, l1.bias, l1.theta, net.leak, KIND_BURST,
                     net.bmax, h, l1.cout)
@@ -265,13 +256,12 @@ cdef void _fc2_token(const Net* net, Shared* sh, Scratch* sc, Py_ssize_t l,
     cdef const Linear* l2 = &net.lin[l * LIN_PER_BLOCK + LIN_FC2]
     cdef Py_ssize_t dp = 64 * net.dwords, dmp = 64 * net.mwords, t, base
     cdef Py_ssize_t slot = 1 + REC_PER_BLOCK * l
-    cdef int planes
     memset(sc.mem2, 0, net.D * sizeof(int32_t))
     for t in range(net.T):
         base = t * net.N
-        planes = input_lists(sh.H + (base + i) * dmp, net.mwords, l2.in_planes, l2.cout,
-                             sc.lists, sc.stride, sc.counts)
-        _project(l2, sc, planes, sc.mem2, net.leak, KIND_BURST, net.bmax, sc.sbuf)
+        plane_lists(sh.H + (base + i) * dmp, net.mwords, l2.in_planes, sc.lists, sc.stride,
+                    sc.counts)
+        _project(l2, sc, sc.mem2, net.leak, KIND_BURST, net.bmax, sc.sbuf)
         _record(_rec(sh, slot + 6), sc.sbuf, t, i, net.N, net.D)
         add_spikes_u8(sh.X + (base + i) * dp, sc.sbuf, net.D)
 

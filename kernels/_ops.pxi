@@ -14,7 +14,6 @@ cdef enum:
     MAX_PLANES = 32         # bits of the largest count a plane list can hold (uint8: 8)
     DELTA_NEG = 8           # list (and count) index of a delta's negative half (counts
                             # are uint8: at most 8 planes each)
-    COUNT_LIST = -1         # input_lists built one count list, not plane lists
     KIND_BURST = 0
     KIND_SIGNED = 1
     NO_LEAK = -1
@@ -72,29 +71,6 @@ cdef inline void plane_lists(const uint8_t* x, Py_ssize_t nwords, int nplanes,
             counts[b] += bsv_bits_to_rows(m, <int32_t>(64 * c), lists + b * stride + counts[b])
 
 
-cdef inline int input_lists(const uint8_t* x, Py_ssize_t nwords, int nplanes, Py_ssize_t cout,
-                            int32_t* lists, Py_ssize_t stride,
-                            Py_ssize_t* counts) noexcept nogil:
-    """The lists one layer step of cout columns adds its rows from. Where this build has
-    count lists (bsv_count_list: each nonzero input once, its row multiplied by its count)
-    and cout is whole 256-column blocks: one count list, rows at lists, pair multipliers
-    at lists + stride, counts[0] = its length; returns COUNT_LIST. Otherwise, or if a
-    count exceeds 127, the plane lists of plane_lists; returns nplanes. The accumulate
-    functions below take the return value as their nplanes."""
-    cdef Py_ssize_t n
-    if BSV_HAVE_COUNTS != 0 and cout % 256 == 0:
-        n = bsv_count_list(x, nwords, lists, <uint32_t*>(lists + stride))
-        if n >= 0:
-            counts[0] = n
-            return COUNT_LIST
-    plane_lists(x, nwords, nplanes, lists, stride, counts)
-    return nplanes
-
-
-cdef inline const uint32_t* _mults(const int32_t* lists, Py_ssize_t stride) noexcept nogil:
-    return <const uint32_t*>(lists + stride)
-
-
 # -- event-driven accumulation -------------------------------------------------------------
 
 cdef inline void accumulate_rows_i16(int32_t* acc, const int8_t* w, Py_ssize_t cout,
@@ -125,14 +101,6 @@ cdef inline void _accumulate_planes(int32_t* acc, const int8_t* w, Py_ssize_t co
     cdef int b
     cdef Py_ssize_t n, r, start, budget, rm
     cdef const int32_t* rows
-    if nplanes == COUNT_LIST:
-        if negate:
-            bsv_accumulate_counts_i16(acc, w, cout, NULL, NULL, 0, lists,
-                                      _mults(lists, stride), counts[0], store)
-        else:
-            bsv_accumulate_counts_i16(acc, w, cout, lists, _mults(lists, stride), counts[0],
-                                      NULL, NULL, 0, store)
-        return
     if not scalar and _lists_fit(cout, counts, nplanes):
         if negate:
             bsv_accumulate_lists_i16(acc, w, cout, lists, counts, 0, lists, counts, nplanes,
@@ -185,26 +153,19 @@ cdef inline bint _lists_fit(Py_ssize_t cout, const Py_ssize_t* counts,
 
 cdef void accumulate_delta(int32_t* acc, const int8_t* w, Py_ssize_t cout,
                            const uint8_t* rowmax, const int32_t* lists, Py_ssize_t stride,
-                           const Py_ssize_t* counts, int nplanes,
-                           int nplanes_neg) noexcept nogil:
+                           const Py_ssize_t* counts, int nplanes) noexcept nogil:
     """acc[o] += Σ_j (pos[j] - neg[j])·w[j, o]: a temporal delta (see delta_parts), pos's
-    lists at lists / counts (input_lists returned nplanes), neg's at lists + DELTA_NEG *
-    stride / counts + DELTA_NEG (nplanes_neg). One pass for both halves where both are
-    count lists or bsv_accumulate_lists_i16 can take them, else pos added, then neg
-    subtracted."""
-    cdef const int32_t* neg = lists + DELTA_NEG * stride
-    if nplanes == COUNT_LIST and nplanes_neg == COUNT_LIST:
-        bsv_accumulate_counts_i16(acc, w, cout, lists, _mults(lists, stride), counts[0],
-                                  neg, _mults(neg, stride), counts[DELTA_NEG], 0)
-        return
-    if (nplanes >= 0 and nplanes_neg >= 0 and _lists_fit(cout, counts, nplanes)
-            and _lists_fit(cout, counts + DELTA_NEG, nplanes_neg)):
-        bsv_accumulate_lists_i16(acc, w, cout, lists, counts, nplanes, neg,
-                                 counts + DELTA_NEG, nplanes_neg, stride, 0)
+    plane lists at lists / counts, neg's at lists + DELTA_NEG * stride / counts + DELTA_NEG.
+    One pass for both halves where bsv_accumulate_lists_i16 can take them, else pos's
+    planes added, then neg's subtracted."""
+    if _lists_fit(cout, counts, nplanes) and _lists_fit(cout, counts + DELTA_NEG, nplanes):
+        bsv_accumulate_lists_i16(acc, w, cout, lists, counts, nplanes,
+                                 lists + DELTA_NEG * stride, counts + DELTA_NEG, nplanes,
+                                 stride, 0)
         return
     _accumulate_planes(acc, w, cout, rowmax, lists, stride, counts, nplanes, False, 0, 0)
-    _accumulate_planes(acc, w, cout, rowmax, neg, stride, counts + DELTA_NEG, nplanes_neg,
-                       False, 0, 1)
+    _accumulate_planes(acc, w, cout, rowmax, lists + DELTA_NEG * stride, stride,
+                       counts + DELTA_NEG, nplanes, False, 0, 1)
 
 
 cdef inline void accumulate_rows_i16_any(int32_t* acc, const int8_t* w, Py_ssize_t cout,
@@ -228,9 +189,7 @@ cdef void accumulate_planes(int32_t* acc, const int8_t* w, Py_ssize_t cout,
     registers, widened and shifted into acc once per plane (or per run: rowmax[j] =
     max_o |w[j, o]| bounds a run's partial sums by 32767). Every int32 partial sum is
     bounded by Σ_j x[j]·|w[j, o]|, which the converter proved fits int32, in whatever
-    order the rows are added. nplanes COUNT_LIST: x's count list (input_lists) instead,
-    in one pass of bsv_accumulate_counts_i16. Where this build has bsv_accumulate_lists_i16,
-    cout is whole
+    order the rows are added. Where this build has bsv_accumulate_lists_i16, cout is whole
     256-column blocks and no plane needs cutting, all planes go in one call instead: the
     int32 sums stay in registers and acc is written once, and consecutive planes share an
     int16 pass where their weighted rows fit (with the temporal delta's two halves in the
@@ -260,12 +219,7 @@ cdef void accumulate_planes3(int32_t* acc0, int32_t* acc1, int32_t* acc2,
     accumulate_planes (store 1) or additions into acc (store 0; negate: subtractions, the
     negative half of a temporal delta): in one pass over the rows for all three where
     this build has bsv_accumulate_lists3_i16 and every plane's rows fit the int16 budget
-    unchecked (fewer than 256), else layer by layer. nplanes COUNT_LIST: one count list
-    (input_lists), in one pass for all three."""
-    if nplanes == COUNT_LIST:
-        bsv_accumulate_counts3_i16(acc0, acc1, acc2, w0, w1, w2, cout, lists,
-                                   _mults(lists, stride), counts[0], store, negate)
-        return
+    unchecked (fewer than 256), else layer by layer."""
     if not (BSV_HAVE_ROWS3 != 0 and _blocks_fit(cout, counts, nplanes)):
         _accumulate_planes(acc0, w0, cout, rm0, lists, stride, counts, nplanes, False, store,
                            negate)
@@ -325,18 +279,6 @@ cdef inline Py_ssize_t row_adds_u8(const uint8_t* x, Py_ssize_t nwords) noexcept
         memcpy(&word, x + 8 * c, 8)
         n += bsv_popcount64(word)
     return n
-
-
-cdef inline Py_ssize_t list_cost(const uint8_t* x, Py_ssize_t nwords,
-                                 Py_ssize_t cout) noexcept nogil:
-    """The row additions input_lists of x make a layer of cout columns do: its nonzero
-    counts (count lists), or Σ_j popcount(x[j]) (plane lists)."""
-    cdef Py_ssize_t c, n = 0
-    if BSV_HAVE_COUNTS != 0 and cout % 256 == 0:
-        for c in range(nwords):
-            n += bsv_popcount64(bsv_test_mask64(x + 64 * c, 0xff))
-        return n
-    return row_adds_u8(x, nwords)
 
 
 cdef inline void delta_parts(uint8_t* pos, uint8_t* neg, const uint8_t* now,

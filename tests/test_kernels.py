@@ -308,8 +308,7 @@ def test_accumulate_planes_simd_equal_scalar_equal_oracle(seed, cin, cout, hi, f
     if np.abs(want).max(initial=0) >= 2**31:
         return
     for v in VARIANTS:
-        engine, simd, scalar = K._accumulate_planes_paths(x, w, variant=v)
-        expect_equal(engine, want, f"{v} accumulate_planes of input_lists")
+        simd, scalar = K._accumulate_planes_paths(x, w, variant=v)
         expect_equal(simd, want, f"{v} accumulate_planes")
         expect_equal(scalar, want, f"{v} accumulate_planes scalar")
 
@@ -331,13 +330,11 @@ def test_accumulate_planes_and_delta_in_256_column_blocks_equal_oracle(
     w = weights_i8(rng, (cin, cout), wkind)
     want = now.astype(np.int64) @ w.astype(np.int64)
     for v in VARIANTS:
-        engine, simd, scalar = K._accumulate_planes_paths(now, w, variant=v)
-        expect_equal(engine, want, f"{v} accumulate_planes of input_lists")
+        simd, scalar = K._accumulate_planes_paths(now, w, variant=v)
         expect_equal(simd, want, f"{v} accumulate_planes")
         expect_equal(scalar, want, f"{v} accumulate_planes scalar")
-        for planes in (False, True):
-            expect_equal(K._accumulate_delta_paths(now, before, w, variant=v, planes=planes),
-                         want, f"{v} accumulate_delta planes={planes}")
+        expect_equal(K._accumulate_delta_paths(now, before, w, variant=v), want,
+                     f"{v} accumulate_delta")
 
 
 @SETTINGS
@@ -351,11 +348,10 @@ def test_accumulate_planes3_equal_oracle(seed, cin, cout, hi, fill, wkind):
     x = spikes_u8(rng, cin, hi, fill, rate=float(rng.choice([0.05, 0.3, 0.7, 1.0])))
     ws = [weights_i8(rng, (cin, cout), wkind) for _ in range(3)]
     for v in VARIANTS:
-        for planes in (False, True):
-            got = K._accumulate_planes3_paths(x, *ws, variant=v, planes=planes)
-            for k in range(3):
-                expect_equal(got[k], x.astype(np.int64) @ ws[k].astype(np.int64),
-                             f"{v} accumulate_planes3[{k}] planes={planes}")
+        got = K._accumulate_planes3_paths(x, *ws, variant=v)
+        for k in range(3):
+            expect_equal(got[k], x.astype(np.int64) @ ws[k].astype(np.int64),
+                         f"{v} accumulate_planes3[{k}]")
 
 
 # -- the C helpers, compiled alone for each target (NEON under qemu-aarch64) ---------------
