@@ -287,10 +287,37 @@ cdef void _token_pass(const Net* net, Shared* sh, Scratch* sc, int phase, Py_ssi
         _qkv_token(net, sh, sc, l, n)
 
 
+cdef inline void _touch_weights(const Linear* L) noexcept nogil:
+    bsv_touch(L.w, <Py_ssize_t>L.cin * L.cout)
+
+
+cdef void _warm_pass(const Net* net, int phase, Py_ssize_t l) noexcept nogil:
+    """Reads the weights a one-thread pass is about to use, in address order. The model's
+    weights (3.2 MB on the benchmark model) do not fit L2, so every pass starts with its
+    layer's rows in L3 or memory, and the row loop would fetch them in list order, one
+    miss after another; a sequential read streams them in first. Measured on the benchmark
+    model (interleaved A/B, 800 runs on each core): 3.4-4.5 % less engine time image after
+    image, 3.1-5.4 % with a PyTorch image run before every engine image (300 runs)."""
+    cdef Py_ssize_t base = l * LIN_PER_BLOCK
+    if net.depth == 0:
+        return
+    if phase == 0 or phase == 4:
+        _touch_weights(&net.lin[base + LIN_Q])
+        _touch_weights(&net.lin[base + LIN_K])
+        _touch_weights(&net.lin[base + LIN_V])
+    elif phase == 1:
+        _touch_weights(&net.lin[base + LIN_PROJ])
+    elif phase == 2:
+        _touch_weights(&net.lin[base + LIN_FC1])
+    elif phase == 3:
+        _touch_weights(&net.lin[base + LIN_FC2])
+
+
 cdef void _for_tokens(const Net* net, Shared* sh, Scratch* scs, int threads, int phase,
                       Py_ssize_t l, int fuse) noexcept nogil:
     cdef Py_ssize_t n
     if threads <= 1:
+        _warm_pass(net, phase, l)
         for n in range(net.N):
             _token_pass(net, sh, &scs[0], phase, l, n, fuse)
     else:

@@ -954,6 +954,18 @@ cdef extern from *:
     #undef BSV_NEURON
     }
 
+    /* Reads one byte of every 64-byte line of [p, p + bytes), in address order, so that a
+       pass's weights stream into the cache (hardware prefetchers follow a sequential read)
+       before the row loop reaches its rows in list order, one miss at a time. */
+    static void bsv_touch(const void *p, ptrdiff_t bytes) {
+        const unsigned char *c = (const unsigned char *)p;
+        unsigned a = 0, b = 0;
+        ptrdiff_t o = 0;
+        for (; o + 128 <= bytes; o += 128) { a |= c[o]; b |= c[o + 64]; }
+        for (; o < bytes; o += 64) a |= c[o];
+        volatile unsigned sink = a | b;
+        (void)sink;
+    }
     static const char *bsv_simd_name = BSV_SIMD_NAME;
     static const char *bsv_popcount_name = BSV_POPCOUNT_NAME;
 
@@ -995,6 +1007,7 @@ cdef extern from *:
     int32_t bsv_floor_shift(int32_t x, int k) noexcept nogil
     int32_t bsv_shl(int32_t x, int k) noexcept nogil
     const char* bsv_simd_name
+    void bsv_touch(const void* p, Py_ssize_t bytes) noexcept nogil
     const char* bsv_popcount_name
     int bsv_cpu_supports(const char* level) noexcept nogil
     int bsv_dbssa_token_avx512(int32_t* o, Py_ssize_t d, const uint64_t* q,
