@@ -966,6 +966,7 @@ cdef extern from *:
         volatile unsigned sink = a | b;
         (void)sink;
     }
+
     static const char *bsv_simd_name = BSV_SIMD_NAME;
     static const char *bsv_popcount_name = BSV_POPCOUNT_NAME;
 
@@ -1007,9 +1008,9 @@ cdef extern from *:
     int32_t bsv_floor_shift(int32_t x, int k) noexcept nogil
     int32_t bsv_shl(int32_t x, int k) noexcept nogil
     const char* bsv_simd_name
-    void bsv_touch(const void* p, Py_ssize_t bytes) noexcept nogil
     const char* bsv_popcount_name
     int bsv_cpu_supports(const char* level) noexcept nogil
+    void bsv_touch(const void* p, Py_ssize_t bytes) noexcept nogil
     int bsv_dbssa_token_avx512(int32_t* o, Py_ssize_t d, const uint64_t* q,
                                const uint64_t* k_planes, const uint64_t* v_pos,
                                const uint64_t* v_neg, Py_ssize_t nplanes, Py_ssize_t nwords,
